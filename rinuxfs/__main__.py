@@ -1,0 +1,5 @@
+import sys
+
+from rinuxfs.cli import main
+
+sys.exit(main())

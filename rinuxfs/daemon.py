@@ -1,0 +1,79 @@
+"""The daemon: serves a booted kernel through FUSE until it is unmounted or signalled.
+
+Life cycle: `serve()` mounts (pyfuse3.init), reports readiness, runs the trio
+loop with pyfuse3's request workers and a signal watcher in one nursery, and
+on the way out always flushes the kernel to the image, unmounts if the mount
+is still ours, and releases the kernel. SIGTERM and SIGINT end it cleanly;
+so does `fusermount3 -u` (the request loop then returns by itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Callable
+
+import pyfuse3
+import trio
+
+from rinuxfs.fuse import RinuxOperations
+from rinuxfs.kernel import Kernel
+
+log = logging.getLogger("rinuxfs")
+
+
+def mount_options(allow_other: bool) -> list[str]:
+    options = ["fsname=rinuxfs", "subtype=rinuxfs", "default_permissions"]
+    if allow_other:
+        options.append("allow_other")
+    return options
+
+
+def may_allow_other() -> bool:
+    """allow_other needs root, or user_allow_other in /etc/fuse.conf."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/etc/fuse.conf") as f:
+            return any(line.strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
+
+
+def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> None:
+    ops = RinuxOperations(kernel)
+    pyfuse3.init(ops, str(mountpoint), mount_options(may_allow_other()))
+    kernel.log.info(f"rinuxfs: mounted on {mountpoint}")
+    on_ready()
+    stopped_by_signal = False
+    ended_by_host = False
+
+    async def run() -> None:
+        nonlocal stopped_by_signal, ended_by_host
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                nonlocal stopped_by_signal
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                    async for signum in signals:
+                        kernel.log.info(f"rinuxfs: {signal.Signals(signum).name} received, unmounting")
+                        stopped_by_signal = True
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(watch_signals)
+            await pyfuse3.main(min_tasks=1, max_tasks=1)
+            ended_by_host = not stopped_by_signal  # fusermount3 -u: the mount is already gone
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(run)
+    finally:
+        try:
+            kernel.sync()
+        finally:
+            pyfuse3.close(unmount=not ended_by_host)
+            kernel.log.info("rinuxfs: unmounted")
+            kernel.close()

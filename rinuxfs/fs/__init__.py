@@ -1,0 +1,1 @@
+"""The VFS and the filesystems mounted in the simulated kernel."""

@@ -1,0 +1,179 @@
+"""Generated trees for procfs and sysfs: directories, attribute files and links rendered on read.
+
+Contract:
+- A `GenFile` renders its whole content with `show()` when read at offset 0
+  and serves later offsets from that snapshot, per open file (the seq_file /
+  LXCFS rule); it opens with direct_io so the host never caches it.
+- A writable file passes the bytes written to `store()`, which raises
+  KernelError(EINVAL) for a bad value. Opening a file without `store` for
+  writing fails with EACCES, for root too, as kernfs does.
+- A `GenDir` holds static children and may add dynamic ones from a function
+  (the pid directories of /proc); a dynamic child keeps its inode while its
+  key lives, so inode numbers stay stable.
+- The tree keeps no copy of kernel state: every value comes from a callback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Callable, Iterable
+
+from rinuxfs.errors import KernelError
+from rinuxfs.fs.superblock import SuperBlock
+from rinuxfs.fs.vfs import AttrChange, Credentials, Inode, OpenFile
+
+Show = Callable[[], str]
+Store = Callable[[str], None]
+
+
+class GenFile(Inode):
+    def __init__(self, sb: SuperBlock, show: Show, store: Store | None = None, mode: int | None = None,
+                 st_size: int = 0) -> None:
+        if mode is None:
+            mode = 0o644 if store else 0o444
+        super().__init__(sb, stat.S_IFREG | mode)
+        self.show = show
+        self.store = store
+        self._st_size = st_size
+
+    @property
+    def size(self) -> int:
+        return self._st_size
+
+    def open(self, flags: int, cred: Credentials) -> OpenFile:
+        if flags & os.O_ACCMODE != os.O_RDONLY and self.store is None:
+            raise KernelError(errno.EACCES, "read-only attribute")
+        return SnapshotFile(self, flags)
+
+    def setattr(self, change: AttrChange) -> None:
+        # O_TRUNC and `echo >` truncate before writing; like sysfs, ignore the size.
+        change.size = None
+        super().setattr(change)
+
+    def truncate(self, size: int) -> None:
+        return None
+
+
+class SnapshotFile(OpenFile):
+    inode: GenFile
+    direct_io = True
+
+    def __init__(self, inode: GenFile, flags: int) -> None:
+        super().__init__(inode, flags)
+        self.snapshot = b""
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset == 0:
+            self.snapshot = self.inode.show().encode()
+        return self.snapshot[offset : offset + size]
+
+    def write(self, offset: int, data: bytes) -> int:
+        store = self.inode.store
+        if store is None:
+            raise KernelError(errno.EACCES)
+        if offset != 0:
+            raise KernelError(errno.EINVAL, "attributes are written whole, from offset 0")
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise KernelError(errno.EINVAL, "attribute values are text") from None
+        store(text)
+        self.inode.touch(m=True, c=True)
+        return len(data)
+
+
+class GenSymlink(Inode):
+    def __init__(self, sb: SuperBlock, target: Callable[[], str] | str) -> None:
+        super().__init__(sb, stat.S_IFLNK | 0o777)
+        self._target = target
+
+    def readlink(self) -> bytes:
+        target = self._target() if callable(self._target) else self._target
+        return target.encode()
+
+    @property
+    def size(self) -> int:
+        return len(self.readlink())
+
+
+Dynamic = Callable[[], Iterable[tuple[str, Callable[[], Inode]]]]
+
+
+class GenDir(Inode):
+    def __init__(self, sb: SuperBlock, parent: GenDir | None = None, mode: int = 0o755) -> None:
+        super().__init__(sb, stat.S_IFDIR | mode, nlink=2)
+        self._parent = parent
+        self.static: dict[bytes, Inode] = {}
+        self._dynamic_keys: Callable[[], Iterable[str]] | None = None
+        self._dynamic_lookup: Callable[[str], bool] | None = None
+        self._dynamic_make: Callable[[str], Inode] | None = None
+        self._dynamic_cache: dict[str, Inode] = {}
+
+    @property
+    def parent(self) -> Inode:
+        return self._parent if self._parent is not None else self
+
+    # --- building the tree (at mount time) ---------------------------------------------
+
+    def dir(self, name: str, mode: int = 0o755) -> GenDir:
+        existing = self.static.get(name.encode())
+        if isinstance(existing, GenDir):
+            return existing
+        child = GenDir(self.sb, self, mode)
+        self.static[name.encode()] = child
+        self.nlink += 1
+        return child
+
+    def path(self, path: str) -> GenDir:
+        node = self
+        for part in path.strip("/").split("/"):
+            if part:
+                node = node.dir(part)
+        return node
+
+    def file(self, name: str, show: Show, store: Store | None = None, mode: int | None = None,
+             st_size: int = 0) -> GenFile:
+        child = GenFile(self.sb, show, store, mode, st_size)
+        self.static[name.encode()] = child
+        return child
+
+    def symlink(self, name: str, target: Callable[[], str] | str) -> GenSymlink:  # type: ignore[override]
+        child = GenSymlink(self.sb, target)
+        self.static[name.encode()] = child
+        return child
+
+    def dynamic(self, keys: Callable[[], Iterable[str]], exists: Callable[[str], bool],
+                make: Callable[[str], Inode]) -> None:
+        """Children named by `keys()`, built by `make(key)` and kept while `exists(key)`."""
+        self._dynamic_keys, self._dynamic_lookup, self._dynamic_make = keys, exists, make
+
+    # --- the directory operations -------------------------------------------------------
+
+    def lookup(self, name: bytes, cred: Credentials) -> Inode | None:
+        child = self.static.get(name)
+        if child is not None or self._dynamic_lookup is None:
+            return child
+        key = name.decode(errors="replace")
+        if not self._dynamic_lookup(key):
+            self._dynamic_cache.pop(key, None)
+            return None
+        return self._dynamic_child(key)
+
+    def _dynamic_child(self, key: str) -> Inode:
+        child = self._dynamic_cache.get(key)
+        if child is None:
+            assert self._dynamic_make is not None
+            child = self._dynamic_cache[key] = self._dynamic_make(key)
+        return child
+
+    def entries(self, cred: Credentials) -> Iterable[tuple[bytes, Inode]]:
+        rows = list(self.static.items())
+        if self._dynamic_keys is not None:
+            keys = list(self._dynamic_keys())
+            live = set(keys)
+            for gone in [k for k in self._dynamic_cache if k not in live]:
+                del self._dynamic_cache[gone]
+            rows += [(k.encode(), self._dynamic_child(k)) for k in keys]
+        return rows

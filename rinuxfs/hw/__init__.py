@@ -1,0 +1,1 @@
+"""The simulated machine: RAM and (with the storage work) the disk controllers."""

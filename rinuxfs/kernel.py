@@ -1,0 +1,202 @@
+"""The simulated kernel: boots the machine in Linux's order and owns what all subsystems share.
+
+Boot order: mm (RAM, zones, the page allocator), CPUs, the disk image (the
+storage work adds the controller, driver and partition scan here), then the
+filesystems: rootfs (tmpfs) at /, proc at /proc, sysfs at /sys, devtmpfs at
+/dev. The kernel owns the clock, the kernel log and the task table; nothing
+is module-global, so a test can build a whole kernel in one line and close it.
+"""
+
+from __future__ import annotations
+
+import platform
+import stat
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from rinuxfs import __version__
+from rinuxfs.errors import KernelError
+from rinuxfs.fs.devfs import DevSuperBlock
+from rinuxfs.fs.procfs import ProcSuperBlock
+from rinuxfs.fs.sysfs import SysSuperBlock
+from rinuxfs.fs.tmpfs import TmpfsSuperBlock
+from rinuxfs.fs.vfs import ROOT_CRED, Credentials, Vfs
+from rinuxfs.hw.image import DiskImage
+from rinuxfs.hw.ram import PAGE_SIZE
+from rinuxfs.mm.core import MemoryManager
+from rinuxfs.printk import KernelLog, LogRecord
+from rinuxfs.sched import Clock, CpuAccounting, LoadAverage, TaskTable
+
+KERNEL_RELEASE = "6.18.0-rinuxfs"
+KERNEL_VERSION = "#1 SMP PREEMPT_DYNAMIC Wed Nov 25 00:00:00 UTC 2026"
+NR_LEGACY_IRQS = 16
+
+
+@dataclass
+class KernelConfig:
+    image: Path | None
+    controller: str = "nvme"
+    mem: int = 256 << 20
+    cpus: int = 2
+    tmpfs_size: int | None = None  # default: half of RAM, as Linux tmpfs
+    read_only: bool = False
+    force_gpt: bool = False
+
+
+@dataclass
+class UtsName:
+    sysname: str = "Linux"
+    nodename: str = "rinux"
+    release: str = KERNEL_RELEASE
+    version: str = KERNEL_VERSION
+    machine: str = "x86_64"
+    domainname: str = "(none)"
+
+
+@dataclass
+class CpuSet:
+    possible: int
+    online: set[int] = field(default_factory=set)
+    model_name: str = "rinuxfs virtual CPU @ 2.40GHz"
+    mhz: float = 2400.0
+
+
+class Kernel:
+    def __init__(self, config: KernelConfig, log_echo: Callable[[LogRecord], None] | None = None) -> None:
+        if config.cpus < 1 or config.cpus > 64:
+            raise KernelError(22, f"--cpus must be between 1 and 64, not {config.cpus}")
+        self.config = config
+        self.clock = Clock()
+        self.log = KernelLog(self.clock.uptime_usec, log_echo)
+        self.utsname = UtsName()
+        self.python_version = platform.python_version()
+        self.boot_id = str(uuid.uuid4())
+        self.stats: Counter[str] = Counter()
+        self.sysctl: dict[str, int] = {"rcu_expedited": 0, "rcu_normal": 0}
+        self.uevent_seqnum = 0
+        self.current: Credentials = ROOT_CRED
+        self.image: DiskImage | None = None
+        self._boot_banner()
+        self.mm = self._boot_mm()
+        self.cpus = self._boot_cpus()
+        self.cpu_accounting = CpuAccounting(self.clock, config.cpus)
+        self.tasks = TaskTable(self.clock)
+        self.loadavg = LoadAverage(self.clock)
+        self._boot_tasks()
+        try:
+            self._boot_storage()
+            self.vfs = Vfs()
+            self.filesystem_types = [("sysfs", True), ("tmpfs", True), ("devtmpfs", True), ("proc", True)]
+            self._boot_filesystems()
+        except BaseException:
+            self.close()
+            raise
+        self.log.info("Run /sbin/init as init process")
+
+    # --- boot steps --------------------------------------------------------------------
+
+    def _boot_banner(self) -> None:
+        u = self.utsname
+        self.log.info(f"Linux version {u.release} (rinuxfs@simulator) (rinuxfs {__version__}) {u.version}")
+        c = self.config
+        cmdline = f"console=ttyS0 mem={c.mem >> 20}M nr_cpus={c.cpus}" + (" gpt" if c.force_gpt else "")
+        self.log.info(f"Command line: {cmdline}")
+
+    def _boot_mm(self) -> MemoryManager:
+        try:
+            mm = MemoryManager(self.config.mem, self.config.cpus)
+        except ValueError as e:
+            raise KernelError(22, f"bad --mem: {e}") from None
+        except KernelError as e:
+            raise KernelError(e.errno, f"--mem {self.config.mem >> 20}M is too small to boot: {e.args[0]}") from None
+        a = mm.allocator
+        self.log.info("Zone ranges:")
+        for zone in a.zones[:3]:
+            if zone.spanned:
+                end = (zone.start_pfn + zone.spanned) * PAGE_SIZE - 1
+                self.log.info(f"  {zone.name:<8} [mem {zone.start_pfn * PAGE_SIZE:#018x}-{end:#018x}]")
+            else:
+                self.log.info(f"  {zone.name:<8} empty")
+        total_kb = a.nr_frames * PAGE_SIZE // 1024
+        avail_kb = a.totalram_pages * PAGE_SIZE // 1024
+        self.log.info(
+            f"Memory: {avail_kb}K/{total_kb}K available ({a.reserved_pages * 4}K reserved, 0K cma-reserved)"
+        )
+        self.log.info(f"min_free_kbytes: {a.min_free_kbytes}")
+        return mm
+
+    def _boot_cpus(self) -> CpuSet:
+        n = self.config.cpus
+        cpus = CpuSet(possible=n, online=set(range(n)))
+        self.log.info(f"smp: Bringing up secondary CPUs ...")
+        self.log.info(f"smp: Brought up 1 node, {n} CPU{'s' if n > 1 else ''}")
+        return cpus
+
+    def _boot_tasks(self) -> None:
+        for pid, comm, ppid in ((1, "init", 0), (2, "kthreadd", 0)):
+            self.tasks.spawn_kernel_thread(pid, comm, ppid)
+            self.mm.task_started()
+        for cpu in range(self.config.cpus):
+            self.tasks.spawn_kernel_thread(len(self.tasks.tasks) + 1, f"ksoftirqd/{cpu}", 2)
+            self.mm.task_started()
+        self.tasks.spawn_kernel_thread(len(self.tasks.tasks) + 1, "kswapd0", 2)
+        self.mm.task_started()
+
+    def _boot_storage(self) -> None:
+        if self.config.image is None:
+            return
+        self.image = DiskImage(self.config.image, self.config.read_only)
+        mode = "read-only" if self.config.read_only else "read-write"
+        self.log.info(f"rinuxfs: disk image {self.image.path} ({self.image.size} bytes, {mode})")
+
+    def _boot_filesystems(self) -> None:
+        mm = self.mm
+        total = mm.allocator.totalram_pages * PAGE_SIZE
+        size = self.config.tmpfs_size if self.config.tmpfs_size is not None else total // 2
+        nr_inodes = min(mm.allocator.totalram_pages, mm.allocator.totalram_pages // 2)
+        self.rootfs = TmpfsSuperBlock(self.vfs, mm, size, nr_inodes, mode=0o755, source="rootfs")
+        self.vfs.mount_root(self.rootfs, "rw,relatime")
+        root = self.rootfs.root
+        for name, mode in ((b"dev", 0o755), (b"proc", 0o555), (b"sys", 0o555), (b"tmp", 0o1777)):
+            d = root.mkdir(name, 0, ROOT_CRED)
+            d.mode = stat.S_IFDIR | mode
+        self.log.info(f"VFS: Mounted root (tmpfs filesystem) on device {self.rootfs.dev[0]}:{self.rootfs.dev[1]}.")
+        self.procfs = ProcSuperBlock(self.vfs, self)
+        self.vfs.mount(self.procfs, "/proc", "rw,nosuid,nodev,noexec,relatime")
+        self.sysfs = SysSuperBlock(self.vfs, self)
+        self.vfs.mount(self.sysfs, "/sys", "rw,nosuid,nodev,noexec,relatime")
+        self.devfs = DevSuperBlock(self.vfs)
+        self.vfs.mount(self.devfs, "/dev", "rw,nosuid,relatime")
+        self.log.info("devtmpfs: mounted")
+
+    # --- shared services -----------------------------------------------------------------
+
+    def current_pid(self) -> int:
+        return self.current.pid
+
+    def irq_counts(self) -> list[int]:
+        counts = [0] * NR_LEGACY_IRQS
+        counts[0] = self.clock.uptime_ticks()  # the timer
+        return counts
+
+    def set_cpu_online(self, cpu: int, online: bool) -> None:
+        if online and cpu not in self.cpus.online:
+            self.cpus.online.add(cpu)
+            self.log.info(f"smpboot: Booting Node 0 Processor {cpu} APIC {cpu:#x}")
+        elif not online and cpu in self.cpus.online:
+            self.cpus.online.discard(cpu)
+            self.log.info(f"smpboot: CPU {cpu} is now offline")
+
+    def sync(self) -> None:
+        """Write everything dirty to the image (the storage work adds dirty page-cache writeback)."""
+        if self.image is not None:
+            self.image.flush()
+
+    def close(self) -> None:
+        if self.image is not None:
+            self.image.close()
+            self.image = None
+        self.mm.close()

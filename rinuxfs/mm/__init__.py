@@ -1,0 +1,1 @@
+"""Memory management: frames in zones, the page allocator, address spaces and counters."""
