@@ -224,14 +224,21 @@ def _is_dead_fuse_mount(path: Path) -> bool:
     return False
 
 
+def process_running(pid: int) -> bool:
+    """True while `pid` runs; a zombie awaiting its reaper (the daemon's parent has gone) has finished."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _wait_for_exit(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not process_running(pid):
             return
-        time.sleep(0.02)
+        time.sleep(0.01)
     raise UsageError(f"the daemon (pid {pid}) did not exit within {timeout:.0f}s after unmount")
 
 

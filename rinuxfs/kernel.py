@@ -9,13 +9,14 @@ is module-global, so a test can build a whole kernel in one line and close it.
 
 from __future__ import annotations
 
+import errno
 import platform
 import stat
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from rinuxfs import __version__
 from rinuxfs.errors import KernelError
@@ -29,10 +30,13 @@ from rinuxfs.hw.ram import PAGE_SIZE
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.printk import KernelLog, LogRecord
 from rinuxfs.sched import Clock, CpuAccounting, LoadAverage, TaskTable
+from rinuxfs.units import format_size
 
 KERNEL_RELEASE = "6.18.0-rinuxfs"
 KERNEL_VERSION = "#1 SMP PREEMPT_DYNAMIC Wed Nov 25 00:00:00 UTC 2026"
 NR_LEGACY_IRQS = 16
+MIN_MEM = 16 << 20  # below this the kernel's own reserves leave nothing to run on
+MAX_MEM = 16 << 30  # the frame tables are Python lists: keep boot quick and the host safe
 
 
 @dataclass
@@ -67,7 +71,7 @@ class CpuSet:
 class Kernel:
     def __init__(self, config: KernelConfig, log_echo: Callable[[LogRecord], None] | None = None) -> None:
         if config.cpus < 1 or config.cpus > 64:
-            raise KernelError(22, f"--cpus must be between 1 and 64, not {config.cpus}")
+            raise KernelError(errno.EINVAL, f"--cpus must be between 1 and 64, not {config.cpus}")
         self.config = config
         self.clock = Clock()
         self.log = KernelLog(self.clock.uptime_usec, log_echo)
@@ -106,10 +110,17 @@ class Kernel:
         self.log.info(f"Command line: {cmdline}")
 
     def _boot_mm(self) -> MemoryManager:
+        mem = self.config.mem
+        if not MIN_MEM <= mem <= MAX_MEM or mem % PAGE_SIZE:
+            raise KernelError(
+                errno.EINVAL,
+                f"--mem {format_size(mem)}: RAM must be a multiple of 4K between {format_size(MIN_MEM)}"
+                f" and {format_size(MAX_MEM)}",
+            )
         try:
-            mm = MemoryManager(self.config.mem, self.config.cpus)
+            mm = MemoryManager(mem, self.config.cpus)
         except ValueError as e:
-            raise KernelError(22, f"bad --mem: {e}") from None
+            raise KernelError(errno.EINVAL, f"bad --mem: {e}") from None
         except KernelError as e:
             raise KernelError(e.errno, f"--mem {self.config.mem >> 20}M is too small to boot: {e.args[0]}") from None
         a = mm.allocator
@@ -131,7 +142,7 @@ class Kernel:
     def _boot_cpus(self) -> CpuSet:
         n = self.config.cpus
         cpus = CpuSet(possible=n, online=set(range(n)))
-        self.log.info(f"smp: Bringing up secondary CPUs ...")
+        self.log.info("smp: Bringing up secondary CPUs ...")
         self.log.info(f"smp: Brought up 1 node, {n} CPU{'s' if n > 1 else ''}")
         return cpus
 

@@ -7,7 +7,6 @@ no test leaves a mount or a process behind.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -36,11 +35,9 @@ def daemon_pid(mountpoint: Path) -> int | None:
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    from rinuxfs.cli import process_running
+
+    return process_running(pid)
 
 
 def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
