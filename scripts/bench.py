@@ -1,0 +1,160 @@
+"""rinuxfs benchmarks: each figure beside a kernel baseline measured in the same run.
+
+Runs fio and a metadata loop on a kernel tmpfs and on a rinuxfs mount's
+/tmp, prints a table of figures and rinuxfs/kernel ratios, and checks the
+ratios against the targets of the foundation issue. Everything is mounted
+under a temporary directory and unmounted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+RINUXFS = [sys.executable, "-m", "rinuxfs"]
+
+
+def fio(directory: Path, name: str, *args: str) -> dict:
+    out = subprocess.run(
+        ["fio", f"--name={name}", f"--directory={directory}", f"--filename={name}.dat", "--ioengine=psync",
+         "--numjobs=1", "--output-format=json", *args],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    job = json.loads(out[out.index("{"):])["jobs"][0]
+    return job
+
+
+def seq_write(d: Path, size: str) -> float:
+    job = fio(d, "seq", "--rw=write", "--bs=1M", f"--size={size}", "--end_fsync=1")
+    return job["write"]["bw_bytes"] / 1e6
+
+
+def seq_read(d: Path, size: str) -> float:
+    job = fio(d, "seq", "--rw=read", "--bs=1M", f"--size={size}", "--invalidate=1")
+    return job["read"]["bw_bytes"] / 1e6
+
+
+def rand_write_buffered(d: Path) -> float:
+    job = fio(d, "rand", "--rw=randwrite", "--bs=4k", "--size=64M", "--runtime=5", "--time_based", "--end_fsync=1")
+    return job["write"]["iops"]
+
+
+def rand_read_direct(d: Path) -> float:
+    job = fio(d, "rand", "--rw=randread", "--bs=4k", "--size=64M", "--direct=1", "--runtime=5", "--time_based")
+    return job["read"]["iops"]
+
+
+def metadata(d: Path, n: int = 5000) -> float:
+    """Seconds for create (O_CREAT|O_EXCL + close), stat, listdir and unlink of n files."""
+    work = d / "meta"
+    work.mkdir()
+    names = [str(work / f"f{i:05d}") for i in range(n)]
+    t0 = time.perf_counter()
+    for name in names:
+        os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    for name in names:
+        os.stat(name)
+    os.listdir(work)
+    for name in names:
+        os.unlink(name)
+    elapsed = time.perf_counter() - t0
+    work.rmdir()
+    return elapsed
+
+
+def small_write_latency(d: Path, file_size: int, count: int = 2000) -> float:
+    """Median µs of a 4 KiB O_DIRECT pwrite at the end of a file already holding `file_size` bytes of data."""
+    path = d / f"lat-{file_size}"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    chunk = b"\xab" * (1 << 20)
+    for off in range(0, file_size, len(chunk)):
+        os.pwrite(fd, chunk, off)
+    os.fsync(fd)
+    os.close(fd)
+    fd = os.open(path, os.O_RDWR | os.O_DIRECT)
+    import mmap
+
+    buf = mmap.mmap(-1, 4096)
+    buf.write(b"\xcd" * 4096)
+    samples = []
+    base = max(0, file_size - 4096 * count)
+    for i in range(count):
+        t = time.perf_counter()
+        os.pwrite(fd, buf, base + (i * 4096) % max(4096, file_size or 4096 * count))
+        samples.append(time.perf_counter() - t)
+    os.close(fd)
+    path.unlink()
+    return statistics.median(samples) * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", default="512M", help="sequential file size (default 512M)")
+    parser.add_argument("--mem", default="3G", help="rinuxfs --mem for the benchmark mount")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("scripts/bench: run as root (the kernel tmpfs baseline needs mount -t tmpfs)", file=sys.stderr)
+        return 1
+    base = Path(tempfile.mkdtemp(prefix="rinuxfs-bench-"))
+    ktmp, rmnt, image = base / "ktmpfs", base / "rinuxfs", base / "disk.img"
+    ktmp.mkdir()
+    rmnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(1 << 30)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4G", "none", str(ktmp)], check=True)
+    try:
+        subprocess.run([*RINUXFS, "mount", str(image), str(rmnt), "--mem", args.mem], check=True)
+        try:
+            return run_all(ktmp, rmnt / "tmp", args.size)
+        finally:
+            subprocess.run([*RINUXFS, "umount", str(rmnt)], check=False)
+    finally:
+        subprocess.run(["umount", str(ktmp)], check=False)
+        image.unlink(missing_ok=True)
+        for d in (ktmp, rmnt):
+            d.rmdir()
+        base.rmdir()
+
+
+def run_all(kernel_dir: Path, rinux_dir: Path, size: str) -> int:
+    # (label, unit, function, higher is better, target ratio)
+    cases: list[tuple[str, str, Callable[[Path], float], bool, float | None]] = [
+        (f"seq write 1M ({size}, +fsync)", "MB/s", lambda d: seq_write(d, size), True, 0.15),
+        (f"seq read 1M ({size}, cold)", "MB/s", lambda d: seq_read(d, size), True, 0.25),
+        ("rand write 4k buffered", "IOPS", rand_write_buffered, True, None),
+        ("rand read 4k O_DIRECT", "IOPS", rand_read_direct, True, None),
+        ("create+stat+unlink 5000", "s", metadata, False, 0.008),
+    ]
+    rows = []
+    failed = False
+    for label, unit, fn, higher, target in cases:
+        k = fn(kernel_dir)
+        r = fn(rinux_dir)
+        for d in (kernel_dir, rinux_dir):
+            for leftover in d.glob("*.dat"):
+                leftover.unlink()
+        ratio = r / k if higher else k / r
+        verdict = "" if target is None else ("ok" if ratio >= target else "BELOW TARGET")
+        failed |= verdict == "BELOW TARGET"
+        rows.append((label, unit, k, r, ratio, target, verdict))
+    print(f"{'benchmark':<34} {'unit':<5} {'kernel tmpfs':>13} {'rinuxfs':>11} {'ratio':>7} {'target':>7}")
+    for label, unit, k, r, ratio, target, verdict in rows:
+        t = f"{target:.3f}" if target is not None else "-"
+        print(f"{label:<34} {unit:<5} {k:>13.3f} {r:>11.3f} {ratio:>7.3f} {t:>7} {verdict}")
+    small = small_write_latency(rinux_dir, 0)
+    big = small_write_latency(rinux_dir, 1 << 30)
+    print(f"4k O_DIRECT pwrite latency on rinuxfs: empty file {small:.1f} µs, 1 GiB file {big:.1f} µs "
+          f"(ratio {big / small:.2f}; must stay near 1: the write path is O(pages touched))")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
