@@ -7,6 +7,7 @@ print one clear line.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -40,9 +41,47 @@ class DiskImage:
         return os.pread(self.fd, size, offset)
 
     def pwrite(self, offset: int, data: bytes | memoryview) -> int:
+        self._check_writable()
+        return os.pwrite(self.fd, data, offset)
+
+    def read_into(self, offset: int, buffers: list[memoryview]) -> None:
+        """Fill `buffers` (DMA targets in RAM) from `offset` with one preadv; zeros past the end of the file."""
+        want = sum(len(b) for b in buffers)
+        got = os.preadv(self.fd, buffers, offset)
+        if got < want:  # an image whose size is not a multiple of the block size: the tail reads as zeros
+            skip = got
+            for b in buffers:
+                if skip >= len(b):
+                    skip -= len(b)
+                    continue
+                b[skip:] = bytes(len(b) - skip)
+                skip = 0
+
+    def write_from(self, offset: int, buffers: list[memoryview]) -> None:
+        """Write `buffers` (DMA sources in RAM) at `offset` with one pwritev."""
+        self._check_writable()
+        want = sum(len(b) for b in buffers)
+        done = os.pwritev(self.fd, buffers, offset)
+        if done != want:
+            raise KernelError(errno.EIO, f"short write to the image at {offset}: {done} of {want} bytes")
+
+    def discard(self, offset: int, length: int) -> None:
+        """Deallocate a range: it reads back as zeros and, on a sparse image, frees the host blocks."""
+        self._check_writable()
+        if length <= 0:
+            return
+        if _libc_fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+            # Filesystems without hole punching: write the zeros instead.
+            zeros = bytes(min(length, 1 << 20))
+            pos = offset
+            while pos < offset + length:
+                n = min(len(zeros), offset + length - pos)
+                os.pwrite(self.fd, zeros[:n], pos)
+                pos += n
+
+    def _check_writable(self) -> None:
         if self.read_only:
             raise KernelError(errno.EROFS, "the disk image is opened read-only")
-        return os.pwrite(self.fd, data, offset)
 
     def flush(self) -> None:
         if not self.read_only:
@@ -53,6 +92,17 @@ class DiskImage:
             self.flush()
             os.close(self.fd)
             self.fd = -1
+
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+
+
+def _libc_fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+    """fallocate(2) with a mode, which os.posix_fallocate cannot pass."""
+    return int(_libc.fallocate(fd, mode, offset, length))
 
 
 def _device_size(fd: int) -> int:
