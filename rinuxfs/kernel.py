@@ -194,12 +194,15 @@ class Kernel:
         return counts
 
     def set_cpu_online(self, cpu: int, online: bool) -> None:
+        # Close the accounting period first, so the ticks so far go to the CPUs online until now.
+        self.cpu_accounting.advance(self.cpus.online)
         if online and cpu not in self.cpus.online:
             self.cpus.online.add(cpu)
             self.log.info(f"smpboot: Booting Node 0 Processor {cpu} APIC {cpu:#x}")
         elif not online and cpu in self.cpus.online:
             self.cpus.online.discard(cpu)
             self.log.info(f"smpboot: CPU {cpu} is now offline")
+        self.cpu_accounting.advance(self.cpus.online)
 
     def sync(self) -> None:
         """Write everything dirty to the image (the storage work adds dirty page-cache writeback)."""

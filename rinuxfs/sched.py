@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 USER_HZ = 100
@@ -111,22 +112,58 @@ def _host_alive(pid: int) -> bool:
 
 
 class CpuAccounting:
-    """Per-CPU tick counters of /proc/stat, derived from the daemon's CPU time and the clock."""
+    """Per-CPU tick counters of /proc/stat, derived from the daemon's CPU time and the clock.
+
+    Counters only grow: each look advances every online CPU by the wall time
+    since the previous look, shared out as system time (the daemon's CPU use)
+    and idle. An offline CPU's counters stand still, as the kernel's do, so
+    the `cpu` total never goes backwards when a CPU is unplugged (top and
+    vmstat print deltas of it).
+    """
 
     def __init__(self, clock: Clock, nr_cpus: int) -> None:
         self.clock = clock
         self.nr_cpus = nr_cpus
-        self._cpu_at_boot = time.process_time()
+        self._system = [0.0] * nr_cpus  # seconds
+        self._idle = [0.0] * nr_cpus
+        self._online: set[int] = set(range(nr_cpus))
+        self._last_wall = clock.uptime()
+        self._last_busy = 0.0
+        self._pid = os.getpid()
+        self._cpu_base = time.process_time()
 
-    def per_cpu(self) -> list[dict[str, int]]:
-        wall = self.clock.uptime_ticks()
-        busy = int((time.process_time() - self._cpu_at_boot) * USER_HZ)
+    def _daemon_cpu(self) -> float:
+        if os.getpid() != self._pid:
+            # The kernel boots in the parent and is served by a forked child, whose CPU clock starts at 0.
+            self._pid = os.getpid()
+            self._cpu_base = 0.0
+            self._last_busy = 0.0
+        return max(time.process_time() - self._cpu_base, self._last_busy)
+
+    def advance(self, online: Iterable[int] | None = None) -> None:
+        """Charge the time since the last look to the CPUs online during it, then take `online` as the new set."""
+        now = self.clock.uptime()
+        busy = self._daemon_cpu()
+        wall = max(0.0, now - self._last_wall)
+        cpus = sorted(self._online)
+        if cpus:
+            share = (busy - self._last_busy) / len(cpus)
+            for cpu in cpus:
+                system = min(share, wall)
+                self._system[cpu] += system
+                self._idle[cpu] += wall - system
+        self._last_wall, self._last_busy = now, busy
+        if online is not None:
+            self._online = {c for c in online if 0 <= c < self.nr_cpus}
+
+    def per_cpu(self, online: Iterable[int] | None = None) -> list[dict[str, int]]:
+        """Every possible CPU's counters in USER_HZ ticks, offline ones frozen at their last value."""
+        self.advance(online)
         rows = []
         for cpu in range(self.nr_cpus):
-            system = busy // self.nr_cpus + (1 if cpu < busy % self.nr_cpus else 0)
-            system = min(system, wall)
-            rows.append({"user": 0, "nice": 0, "system": system, "idle": wall - system, "iowait": 0,
-                         "irq": 0, "softirq": 0, "steal": 0, "guest": 0, "guest_nice": 0})
+            rows.append({"user": 0, "nice": 0, "system": int(self._system[cpu] * USER_HZ),
+                         "idle": int(self._idle[cpu] * USER_HZ), "iowait": 0, "irq": 0, "softirq": 0, "steal": 0,
+                         "guest": 0, "guest_nice": 0})
         return rows
 
 
@@ -142,7 +179,8 @@ class LoadAverage:
         steps = int(self.clock.uptime() // LOAD_FREQ_S) - self._last_step
         for _ in range(min(steps, 1000)):
             self.avenrun = [
-                _calc_load(load, exp, active * FIXED_1) for load, exp in zip(self.avenrun, (EXP_1, EXP_5, EXP_15))
+                _calc_load(load, exp, active * FIXED_1)
+                for load, exp in zip(self.avenrun, (EXP_1, EXP_5, EXP_15), strict=True)
             ]
         self._last_step += steps
         return tuple(a / FIXED_1 for a in self.avenrun)  # type: ignore[return-value]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from rinuxfs.errors import KernelError
 from rinuxfs.fs.superblock import SuperBlock

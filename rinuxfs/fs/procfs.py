@@ -161,9 +161,10 @@ def render_cpuinfo(k: Kernel) -> str:
 
 def render_stat(k: Kernel) -> str:
     fields = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guest_nice")
-    rows = k.cpu_accounting.per_cpu()
+    rows = k.cpu_accounting.per_cpu(k.cpus.online)
     online = sorted(k.cpus.online)
-    total = {f: sum(rows[c][f] for c in online) for f in fields}
+    # fs/proc/stat.c sums every possible CPU but prints a line per online one only.
+    total = {f: sum(row[f] for row in rows) for f in fields}
     lines = ["cpu  " + " ".join(str(total[f]) for f in fields) + "\n"]
     lines += [f"cpu{c} " + " ".join(str(rows[c][f]) for f in fields) + "\n" for c in online]
     irqs = k.irq_counts()
@@ -179,14 +180,14 @@ def render_stat(k: Kernel) -> str:
 
 def render_uptime(k: Kernel) -> str:
     up = k.clock.uptime()
-    idle_ticks = sum(row["idle"] for row in k.cpu_accounting.per_cpu())
+    idle_ticks = sum(row["idle"] for row in k.cpu_accounting.per_cpu(k.cpus.online))
     return f"{up:.2f} {idle_ticks // 100}.{idle_ticks % 100:02d}\n"
 
 
 def render_loadavg(k: Kernel) -> str:
     k.loadavg.sample(k.tasks.nr_running())
     a, b, c = k.loadavg.render_fields()
-    return f"{a} {b} {c} {k.tasks.nr_running()}/{len(k.tasks.tasks)} {k.tasks.last_pid}\n"
+    return f"{a} {b} {c} {k.tasks.nr_running()}/{len(k.tasks.list())} {k.tasks.last_pid}\n"
 
 
 def render_filesystems(k: Kernel) -> str:
@@ -225,11 +226,16 @@ def render_mountinfo(k: Kernel) -> str:
 _STATE_NAMES = {"R": "R (running)", "S": "S (sleeping)", "D": "D (disk sleep)", "I": "I (idle)", "Z": "Z (zombie)"}
 
 
+def _state(k: Kernel, t: Task) -> str:
+    """A host process reading its own /proc entry is on a CPU doing so, as ps and top expect to see themselves."""
+    return "R" if t.host and t.pid == k.current_pid() else t.state
+
+
 def render_pid_stat(k: Kernel, t: Task) -> str:
     """The 52 fields of /proc/<pid>/stat (fs/proc/array.c do_task_stat)."""
     flags = 0x00208040 if t.kthread else 0x00400100  # PF_KTHREAD|PF_NOFREEZE|PF_IDLE, or PF_SUPERPRIV|PF_RANDOMIZE
     fields = [
-        t.pid, f"({t.comm})", t.state, t.ppid, t.pid, t.pid, 0, -1, flags,
+        t.pid, f"({t.comm})", _state(k, t), t.ppid, t.pid, t.pid, 0, -1, flags,
         0, 0, 0, 0,  # minflt cminflt majflt cmajflt
         0, 0, 0, 0,  # utime stime cutime cstime
         20, 0, 1, 0,  # priority nice num_threads itrealvalue
@@ -238,7 +244,7 @@ def render_pid_stat(k: Kernel, t: Task) -> str:
         0, 0, 0, 0, 0,  # signal blocked sigignore sigcatch wchan
         0, 0, 17, 0, 0, 0,  # nswap cnswap exit_signal processor rt_priority policy
         0, 0, 0,  # delayacct_blkio_ticks guest_time cguest_time
-        0, 0, 0, 0, 0, 0, 0, 0,  # start_data end_data start_brk arg_start arg_end env_start env_end
+        0, 0, 0, 0, 0, 0, 0,  # start_data end_data start_brk arg_start arg_end env_start env_end
         0,  # exit_code
     ]
     return " ".join(map(str, fields)) + "\n"
@@ -250,7 +256,7 @@ def render_pid_status(k: Kernel, t: Task) -> str:
     return (
         f"Name:\t{t.comm}\n"
         "Umask:\t0022\n"
-        f"State:\t{_STATE_NAMES.get(t.state, t.state)}\n"
+        f"State:\t{_STATE_NAMES.get(_state(k, t), t.state)}\n"
         f"Tgid:\t{t.pid}\n"
         "Ngid:\t0\n"
         f"Pid:\t{t.pid}\n"

@@ -8,7 +8,8 @@ EINVAL; read-only ones refuse writers with EACCES (kernfs_fop_open).
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rinuxfs.errors import KernelError
 from rinuxfs.fs.kernfs import GenDir, Show, Store

@@ -87,7 +87,9 @@ class MemoryManager:
         pagecache = active_file + inactive_file
         available += pagecache - min(pagecache // 2, wmark_low)
         available += sreclaimable - min(sreclaimable // 2, wmark_low)
-        available = max(available, 0)
+        # si_mem_available() can fall below MemFree when there is no file cache to count (this machine boots
+        # with none), which tools and users read as a bug (procfs-sysfs.md §5.5, §7): keep MemFree <= it.
+        available = min(max(available, free), a.totalram_pages)
         swap_total, swap_free = n["swap_total_pages"], n["swap_free_pages"]
         totalram = a.totalram_pages
         commit_limit = totalram * 50 // 100 + swap_total  # vm.overcommit_ratio = 50
