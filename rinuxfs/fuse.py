@@ -5,6 +5,7 @@ each handler builds the caller's credentials, calls the VFS, and turns the
 result into pyfuse3 types. Every handler runs under `_syscall`, which maps a
 KernelError to its errno and any other exception to EIO plus a kernel-log
 line, because an exception escaping a pyfuse3 handler kills the mount.
+`forget` has no reply to carry an errno, so it logs and swallows instead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import errno
 import functools
 import os
 import traceback
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pyfuse3
 
@@ -37,9 +39,7 @@ def _syscall(fn: F) -> F:
         except KernelError as e:
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception as e:  # noqa: BLE001 - the mount must survive any bug
-            self.kernel.log.err(f"rinuxfs: BUG in {name}: {e!r}")
-            for line in traceback.format_exc().splitlines():
-                self.kernel.log.printk(7, line)
+            self._log_bug(name, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return handler  # type: ignore[return-value]
@@ -55,6 +55,11 @@ class RinuxOperations(pyfuse3.Operations):
         self.vfs = kernel.vfs
 
     # --- helpers -----------------------------------------------------------------------
+
+    def _log_bug(self, handler: str, e: BaseException) -> None:
+        self.kernel.log.err(f"rinuxfs: BUG in {handler}: {e!r}")
+        for line in traceback.format_exc().splitlines():
+            self.kernel.log.printk(7, line)
 
     def _cred(self, ctx: pyfuse3.RequestContext) -> Credentials:
         cred = Credentials(ctx.uid, ctx.gid, ctx.pid, ctx.umask)
@@ -92,10 +97,15 @@ class RinuxOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._attrs(self.vfs.lookup(parent_inode, name, self._cred(ctx)))
 
-    @_syscall
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        # Not under _syscall: FORGET has no reply, and pyfuse3 awaits it outside any
+        # `except FUSEError`, so even the EIO that _syscall makes would end the mount.
+        self.kernel.stats["ctxt"] += 1
         for ino, nlookup in inode_list:
-            self.vfs.forget(ino, nlookup)
+            try:
+                self.vfs.forget(ino, nlookup)
+            except Exception as e:  # noqa: BLE001 - the mount must survive any bug
+                self._log_bug("forget", e)
 
     @_syscall
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -191,7 +201,15 @@ class RinuxOperations(pyfuse3.Operations):
 
     @_syscall
     async def fsync(self, fh: int, datasync: bool) -> None:
-        self.vfs.file(fh).fsync(datasync)
+        file = self.vfs.file(fh)
+        file.fsync(datasync)
+        # With writeback cache the host keeps st_blocks from before the pages reached us and,
+        # unlike close (fuse_flush), fsync does not refresh it: drop the cached attributes so
+        # the next stat asks again. attr_only never waits for dirty pages, so the loop is safe.
+        try:
+            pyfuse3.invalidate_inode(file.inode.ino, attr_only=True)
+        except OSError:
+            pass  # the host no longer caches the inode: nothing is stale
 
     # --- directories -------------------------------------------------------------------
 

@@ -139,7 +139,7 @@ class GenDir(Inode):
         self.static[name.encode()] = child
         return child
 
-    def symlink(self, name: str, target: Callable[[], str] | str) -> GenSymlink:  # type: ignore[override]
+    def add_symlink(self, name: str, target: Callable[[], str] | str) -> GenSymlink:
         child = GenSymlink(self.sb, target)
         self.static[name.encode()] = child
         return child

@@ -54,9 +54,9 @@ def build_proc_tree(root: GenDir, k: Kernel) -> None:
     root.file("filesystems", lambda: render_filesystems(k))
     root.file("swaps", lambda: "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n")
     root.file("kmsg", lambda: k.log.render_kmsg(), mode=0o400)
-    root.symlink("mounts", "self/mounts")
-    root.symlink("self", lambda: str(k.current_pid()))
-    root.symlink("thread-self", lambda: f"{k.current_pid()}/task/{k.current_pid()}")
+    root.add_symlink("mounts", "self/mounts")
+    root.add_symlink("self", lambda: str(k.current_pid()))
+    root.add_symlink("thread-self", lambda: f"{k.current_pid()}/task/{k.current_pid()}")
     kernel = root.path("sys/kernel")
     uts = k.utsname
     kernel.file("ostype", lambda: f"{uts.sysname}\n")

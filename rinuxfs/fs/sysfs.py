@@ -131,7 +131,7 @@ def build_cpu_tree(root: GenDir, k: Kernel) -> None:
     everyone = range_set(cpus.possible)
     for cpu in range(cpus.possible):
         d = cpu_dir.dir(f"cpu{cpu}")
-        bus.symlink(f"cpu{cpu}", f"../../../devices/system/cpu/cpu{cpu}")
+        bus.add_symlink(f"cpu{cpu}", f"../../../devices/system/cpu/cpu{cpu}")
         if cpu != 0:  # x86 cannot take the boot CPU offline
             attr(d, "online", _show_online(k, cpu), _store_online(k, cpu))
         topo = d.dir("topology")

@@ -3,6 +3,9 @@
 Contract:
 - A regular file's data is an AddressSpace of frames from the memory manager,
   charged to this superblock's size= limit (ENOSPC past it, as Linux tmpfs).
+  size= is rounded up to whole pages, and size=0 means no limit, as in Linux.
+- A symlink target of SHORT_SYMLINK_LEN bytes or more lives in a page of its
+  own (st_blocks 8, charged like file data); shorter ones are inline.
 - Directories keep their children in insertion order; nlink of a directory is
   2 + its subdirectories; st_size counts BOGO_DIRENT_SIZE per entry as shmem does.
 - Every namespace change updates the times POSIX names: the parent's mtime and
@@ -14,12 +17,12 @@ from __future__ import annotations
 
 import errno
 import stat
-from typing import Iterable
+from collections.abc import Iterable
 
 from rinuxfs.errors import KernelError
 from rinuxfs.fs.superblock import StatFs, SuperBlock
 from rinuxfs.fs.vfs import MAX_LFS_FILESIZE, AttrChange, Credentials, Inode, OpenFile, Vfs, now_ns
-from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
+from rinuxfs.hw.ram import PAGE_SIZE
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.mm.filemap import AddressSpace
 
@@ -29,6 +32,8 @@ BOGO_DIRENT_SIZE = 20
 SHMEM_PAGE_ITEMS = ("nr_shmem", "nr_file_pages", "nr_inactive_anon")
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+# Targets this long (with their NUL) or longer get a page: shmem_symlink's inline limit.
+SHORT_SYMLINK_LEN = 128
 
 
 class TmpfsSuperBlock(SuperBlock):
@@ -40,7 +45,7 @@ class TmpfsSuperBlock(SuperBlock):
         super().__init__(vfs)
         self.mm = mm
         self.source = source
-        self.max_pages = size >> PAGE_SHIFT
+        self.max_pages = -(-size // PAGE_SIZE)  # 0: unlimited
         self.used_pages = 0
         self.max_inodes = nr_inodes
         self.used_inodes = 0
@@ -50,7 +55,7 @@ class TmpfsSuperBlock(SuperBlock):
     # --- the size= and nr_inodes= limits -------------------------------------------------
 
     def charge(self, pages: int) -> None:
-        if self.used_pages + pages > self.max_pages:
+        if self.max_pages and self.used_pages + pages > self.max_pages:
             raise KernelError(errno.ENOSPC, "tmpfs size limit reached")
         self.used_pages += pages
 
@@ -63,10 +68,12 @@ class TmpfsSuperBlock(SuperBlock):
         self.used_inodes += 1
 
     def options(self) -> str:
-        return f"rw,size={self.max_pages * (PAGE_SIZE // 1024)}k,nr_inodes={self.max_inodes},mode={self.root_mode:o}"
+        size = f"size={self.max_pages * (PAGE_SIZE // 1024)}k," if self.max_pages else ""
+        return f"rw,{size}nr_inodes={self.max_inodes},mode={self.root_mode:o}"
 
     def statfs(self) -> StatFs:
-        free = self.max_pages - self.used_pages
+        # Without a size limit Linux reports no blocks at all rather than a made-up total.
+        free = self.max_pages - self.used_pages if self.max_pages else 0
         return StatFs(TMPFS_MAGIC, PAGE_SIZE, self.max_pages, free, free,
                       self.max_inodes, self.max_inodes - self.used_inodes)
 
@@ -164,15 +171,36 @@ class ShmemOpenFile(OpenFile):
 class TmpfsSymlink(TmpfsInode):
     def __init__(self, sb: TmpfsSuperBlock, target: bytes, uid: int, gid: int) -> None:
         super().__init__(sb, stat.S_IFLNK | 0o777, uid, gid)
-        self.target = target
+        self._len = len(target)
+        self._inline: bytes | None = target
+        self.mapping: AddressSpace | None = None
+        if self._len + 1 > SHORT_SYMLINK_LEN:
+            mapping = AddressSpace(sb.mm, sb, SHMEM_PAGE_ITEMS)
+            try:
+                mapping.write(0, target)
+            except KernelError:
+                sb.used_inodes -= 1  # never attached: give the inode slot back
+                raise
+            self.mapping, self._inline = mapping, None
 
     @property
     def size(self) -> int:
-        return len(self.target)
+        return self._len
+
+    @property
+    def blocks(self) -> int:
+        return self.mapping.nrpages * (PAGE_SIZE // 512) if self.mapping is not None else 0
 
     def readlink(self) -> bytes:
         self.touch(a=True)
-        return self.target
+        if self._inline is not None:
+            return self._inline
+        assert self.mapping is not None
+        return self.mapping.read(0, self._len)
+
+    def release_data(self) -> None:
+        if self.mapping is not None:
+            self.mapping.release()
 
 
 class TmpfsDir(TmpfsInode):

@@ -27,8 +27,9 @@ import os
 import stat
 import time
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from rinuxfs.errors import KernelError
 
@@ -414,8 +415,11 @@ class Vfs:
     def open(self, ino: int, flags: int, cred: Credentials) -> tuple[int, OpenFile]:
         inode = self.inode(ino)
         file = inode.open(flags, cred)
-        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
-            # With atomic O_TRUNC the host kernel leaves the truncation of open(2) to us.
+        if flags & os.O_TRUNC and stat.S_ISREG(inode.mode):
+            # With atomic O_TRUNC the host kernel leaves the truncation of open(2) to us, and
+            # Linux truncates even for O_RDONLY|O_TRUNC (the kernel has checked write access);
+            # skipping it would leave pages here under a file the host already sees as empty.
+            # Like Linux, O_TRUNC means nothing for FIFOs, devices and other special files.
             t = now_ns()
             inode.setattr(AttrChange(size=0, mtime_ns=t, ctime_ns=t))
         inode.opens += 1

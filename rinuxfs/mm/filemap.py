@@ -81,7 +81,7 @@ class AddressSpace:
         ram = self.mm.ram.view
         first_partial = offset >> PAGE_SHIFT if offset & _PAGE_MASK else -1
         last_partial = (end - 1) >> PAGE_SHIFT if end & _PAGE_MASK else -1
-        for index, pfn in zip(indexes, pfns):
+        for index, pfn in zip(indexes, pfns, strict=True):
             self.pages[index] = pfn
             # A new page the write covers only in part must not show a freed frame's stale bytes.
             if index == first_partial or index == last_partial:
