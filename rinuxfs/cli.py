@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print the partition table of IMAGE like sfdisk -l")
     i.add_argument("image", type=Path)
     i.add_argument("--json", action="store_true")
+    i.add_argument("--force-gpt", action="store_true", help="use the backup GPT if the primary is corrupt")
     return parser
 
 
