@@ -18,7 +18,7 @@ from rinuxfs.mm.vmstat import VMSTAT_ITEMS, vmstat
 from rinuxfs.sched import FIXED_1, Clock, LoadAverage
 
 # shared/ sits beside the repository, in CI as here.
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"  # Linux 6.18 golden files
 SHMEM = ("nr_shmem", "nr_file_pages", "nr_inactive_anon")
 
 
