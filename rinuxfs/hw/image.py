@@ -46,7 +46,7 @@ class DiskImage:
 
     def read_into(self, offset: int, buffers: list[memoryview]) -> None:
         """Fill `buffers` (DMA targets in RAM) from `offset` with one preadv; zeros past the end of the file."""
-        want = sum(len(b) for b in buffers)
+        want = sum(map(len, buffers))
         got = os.preadv(self.fd, buffers, offset)
         if got < want:  # an image whose size is not a multiple of the block size: the tail reads as zeros
             skip = got
@@ -60,7 +60,7 @@ class DiskImage:
     def write_from(self, offset: int, buffers: list[memoryview]) -> None:
         """Write `buffers` (DMA sources in RAM) at `offset` with one pwritev."""
         self._check_writable()
-        want = sum(len(b) for b in buffers)
+        want = sum(map(len, buffers))
         done = os.pwritev(self.fd, buffers, offset)
         if done != want:
             raise KernelError(errno.EIO, f"short write to the image at {offset}: {done} of {want} bytes")

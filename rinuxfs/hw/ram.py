@@ -1,16 +1,22 @@
 """Physical memory: one block of real bytes, cut into 4 KiB frames.
 
-A physical address indexes straight into it. The block is an anonymous mmap,
-so the host only commits the frames the simulated kernel actually touches
-(a 2 GiB machine costs nothing until its pages are written).
+A physical address indexes straight into it. The block is an anonymous mmap;
+`populate_in_background()` faults its host pages in from a thread (like a VM
+started with preallocated memory): a first touch costs the host a page fault
+and a zeroed page per 4 KiB, which would otherwise fall on the first write
+into each frame and make the simulated machine slower the first time it uses
+its RAM than ever after. The daemon starts it once it runs (after fork).
 """
 
 from __future__ import annotations
 
 import mmap
+import threading
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
+MADV_POPULATE_WRITE = 23  # Linux 5.14+; the mmap module does not name it
+_POPULATE_CHUNK = 8 << 20  # small steps, so the GIL passes to the daemon between them
 
 
 class PhysicalMemory:
@@ -22,6 +28,22 @@ class PhysicalMemory:
         self.size = size
         self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.view = memoryview(self._map)
+        self._closing = threading.Event()
+        self._populator: threading.Thread | None = None
+
+    def populate_in_background(self) -> None:
+        if self._populator is None:
+            self._populator = threading.Thread(target=self._populate, name="ram-populate", daemon=True)
+            self._populator.start()
+
+    def _populate(self) -> None:
+        for start in range(0, self.size, _POPULATE_CHUNK):
+            if self._closing.is_set():
+                return
+            try:
+                self._map.madvise(MADV_POPULATE_WRITE, start, min(_POPULATE_CHUNK, self.size - start))
+            except (OSError, ValueError):
+                return  # an older host kernel: frames fault in on first use instead
 
     @property
     def nr_frames(self) -> int:
@@ -32,5 +54,8 @@ class PhysicalMemory:
         return self.view[start : start + PAGE_SIZE]
 
     def close(self) -> None:
+        self._closing.set()
+        if self._populator is not None:
+            self._populator.join()
         self.view.release()
         self._map.close()
