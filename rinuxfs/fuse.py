@@ -184,7 +184,7 @@ class RinuxOperations(pyfuse3.Operations):
         return self._file_info(fh, file), self._attrs(inode)
 
     @_syscall
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         return self.vfs.file(fh).read(off, size)
 
     @_syscall

@@ -99,6 +99,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="512M", help="sequential file size (default 512M)")
     parser.add_argument("--mem", default="3G", help="rinuxfs --mem for the benchmark mount")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per benchmark (median shown)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("scripts/bench: run as root (the kernel tmpfs baseline needs mount -t tmpfs)", file=sys.stderr)
@@ -113,7 +114,7 @@ def main() -> int:
     try:
         subprocess.run([*RINUXFS, "mount", str(image), str(rmnt), "--mem", args.mem], check=True)
         try:
-            return run_all(ktmp, rmnt / "tmp", args.size)
+            return run_all(ktmp, rmnt / "tmp", args.size, args.rounds)
         finally:
             subprocess.run([*RINUXFS, "umount", str(rmnt)], check=False)
     finally:
@@ -124,7 +125,7 @@ def main() -> int:
         base.rmdir()
 
 
-def run_all(kernel_dir: Path, rinux_dir: Path, size: str) -> int:
+def run_all(kernel_dir: Path, rinux_dir: Path, size: str, rounds: int) -> int:
     # (label, unit, function, higher is better, target ratio)
     cases: list[tuple[str, str, Callable[[Path], float], bool, float | None]] = [
         (f"seq write 1M ({size}, +fsync)", "MB/s", lambda d: seq_write(d, size), True, 0.15),
@@ -136,19 +137,25 @@ def run_all(kernel_dir: Path, rinux_dir: Path, size: str) -> int:
     rows = []
     failed = False
     for label, unit, fn, higher, target in cases:
-        k = fn(kernel_dir)
-        r = fn(rinux_dir)
-        for d in (kernel_dir, rinux_dir):
-            for leftover in d.glob("*.dat"):
-                leftover.unlink()
+        # Both sides alternate, `rounds` times each, and the medians are compared: this VM's I/O
+        # figures swing by 2x from one run to the next, for the kernel's tmpfs as for rinuxfs.
+        k_runs, r_runs = [], []
+        for _ in range(rounds):
+            for d, runs in ((kernel_dir, k_runs), (rinux_dir, r_runs)):
+                runs.append(fn(d))
+                for leftover in d.glob("*.dat"):
+                    leftover.unlink()
+        k, r = statistics.median(k_runs), statistics.median(r_runs)
         ratio = r / k if higher else k / r
         verdict = "" if target is None else ("ok" if ratio >= target else "BELOW TARGET")
         failed |= verdict == "BELOW TARGET"
-        rows.append((label, unit, k, r, ratio, target, verdict))
-    print(f"{'benchmark':<34} {'unit':<5} {'kernel tmpfs':>13} {'rinuxfs':>11} {'ratio':>7} {'target':>7}")
-    for label, unit, k, r, ratio, target, verdict in rows:
+        rows.append((label, unit, k, r, ratio, target, verdict, min(r_runs), max(r_runs)))
+    print(f"medians of {rounds} alternating runs")
+    print(f"{'benchmark':<34} {'unit':<5} {'kernel tmpfs':>13} {'rinuxfs':>11} {'ratio':>7} {'target':>7}"
+          f"  rinuxfs range")
+    for label, unit, k, r, ratio, target, verdict, lo, hi in rows:
         t = f"{target:.3f}" if target is not None else "-"
-        print(f"{label:<34} {unit:<5} {k:>13.3f} {r:>11.3f} {ratio:>7.3f} {t:>7} {verdict}")
+        print(f"{label:<34} {unit:<5} {k:>13.3f} {r:>11.3f} {ratio:>7.3f} {t:>7}  {lo:.3f}-{hi:.3f} {verdict}")
     small = small_write_latency(rinux_dir, 0)
     big = small_write_latency(rinux_dir, 1 << 30)
     print(f"4k O_DIRECT pwrite latency on rinuxfs: empty file {small:.1f} µs, 1 GiB file {big:.1f} µs "

@@ -140,7 +140,7 @@ class ShmemFile(TmpfsInode):
             self._size = end
         return len(data)
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> bytes | memoryview:
         if offset >= self._size:
             return b""
         return self.mapping.read(offset, min(size, self._size - offset))
@@ -153,7 +153,7 @@ class ShmemOpenFile(OpenFile):
     inode: ShmemFile
     keep_cache = False  # each open re-reads through the daemon, so atime follows reads
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> bytes | memoryview:
         inode = self.inode
         data = inode.read(offset, size)
         # relatime: update atime if it is not newer than mtime/ctime or is a day old

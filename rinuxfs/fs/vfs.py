@@ -192,7 +192,7 @@ class OpenFile:
         self.inode = inode
         self.flags = flags
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> bytes | memoryview:
         raise KernelError(errno.EBADF)
 
     def write(self, offset: int, data: bytes) -> int:

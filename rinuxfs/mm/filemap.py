@@ -6,8 +6,9 @@ Contract (the page cache of one inode, struct address_space):
 - `write(offset, data)` allocates only the pages it touches, charging them to
   the owner's quota first (ENOSPC, nothing changed) and to the memory manager
   (ENOMEM, nothing changed); its cost is O(pages touched), never O(file size).
-- `read(offset, size)` copies out; consecutive pages in consecutive frames are
-  copied as one slice.
+- `read(offset, size)` returns the bytes; a range in consecutive frames comes
+  back as a view of RAM, valid only until the address space next changes
+  (the FUSE reply copies it at once), anything else as one joined copy.
 - `truncate(size)` frees every page wholly past `size` and zeroes the tail of
   the page that straddles it, so a later extension reads zeros there.
 - `release()` frees everything; the address space must not be used after it.
@@ -53,23 +54,39 @@ class AddressSpace:
             return
         end = offset + length
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
-        pages = self.pages
-        missing = [i for i in range(first, last + 1) if i not in pages]
-        if missing:
-            self._populate(missing, offset, end)
+        if None in map(self.pages.get, range(first, last + 1)):
+            self._populate([i for i in range(first, last + 1) if i not in self.pages], offset, end)
         ram = self.mm.ram.view
-        pos, done, i = offset, 0, first
-        while i <= last:
-            pfn = pages[i]
-            run = i
-            while run < last and pages.get(run + 1) == pfn + (run + 1 - i):
-                run += 1
-            chunk = min(end, (run + 1) << PAGE_SHIFT) - pos
-            phys = (pfn << PAGE_SHIFT) + (pos - (i << PAGE_SHIFT))
+        pos, done = offset, 0
+        for index, pfn, count in self._runs(first, last):
+            chunk = min(end, (index + count) << PAGE_SHIFT) - pos
+            phys = (pfn << PAGE_SHIFT) + (pos - (index << PAGE_SHIFT))  # type: ignore[operator]
             ram[phys : phys + chunk] = src[done : done + chunk]
             pos += chunk
             done += chunk
-            i = run + 1
+
+    def _runs(self, first: int, last: int) -> list[tuple[int, int | None, int]]:
+        """Pages first..last as runs (first index, first PFN or None for a hole, count) of consecutive frames.
+
+        The common case, one run of consecutive frames, is recognised by list
+        comparisons that run in C: a per-page Python loop would cost more than
+        the copy of the data itself.
+        """
+        pfns = list(map(self.pages.get, range(first, last + 1)))
+        n = len(pfns)
+        head = pfns[0]
+        if head is not None and pfns[-1] == head + n - 1 and pfns == list(range(head, head + n)):
+            return [(first, head, n)]
+        runs: list[tuple[int, int | None, int]] = []
+        start = 0
+        for k in range(1, n + 1):
+            if k < n:
+                prev, cur = pfns[k - 1], pfns[k]
+                if (prev is None and cur is None) or (prev is not None and cur == prev + 1):
+                    continue
+            runs.append((first + start, pfns[start], k - start))
+            start = k
+        return runs
 
     def _populate(self, indexes: list[int], offset: int, end: int) -> None:
         self.quota.charge(len(indexes))
@@ -88,32 +105,24 @@ class AddressSpace:
                 ram[pfn << PAGE_SHIFT : (pfn + 1) << PAGE_SHIFT] = _ZERO_PAGE
         self.mm.account(self.account_items, len(indexes))
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> bytes | memoryview:
         if size <= 0:
             return b""
         end = offset + size
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
-        pages = self.pages
         ram = self.mm.ram.view
         parts: list[bytes | memoryview] = []
-        pos, i = offset, first
-        while i <= last:
-            pfn = pages.get(i)
-            run = i
+        pos = offset
+        for index, pfn, count in self._runs(first, last):
+            chunk = min(end, (index + count) << PAGE_SHIFT) - pos
             if pfn is None:
-                while run < last and (run + 1) not in pages:
-                    run += 1
-                parts.append(bytes(min(end, (run + 1) << PAGE_SHIFT) - pos))
+                parts.append(bytes(chunk))
             else:
-                while run < last and pages.get(run + 1) == pfn + (run + 1 - i):
-                    run += 1
-                phys = (pfn << PAGE_SHIFT) + (pos - (i << PAGE_SHIFT))
-                chunk = min(end, (run + 1) << PAGE_SHIFT) - pos
+                phys = (pfn << PAGE_SHIFT) + (pos - (index << PAGE_SHIFT))
                 parts.append(ram[phys : phys + chunk])
-            pos = min(end, (run + 1) << PAGE_SHIFT)
-            i = run + 1
+            pos += chunk
         if len(parts) == 1:
-            return bytes(parts[0])
+            return parts[0]  # zero-copy: the FUSE reply copies it out before anything can change the page
         return b"".join(parts)
 
     def truncate(self, size: int) -> None:
