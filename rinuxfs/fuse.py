@@ -129,7 +129,8 @@ class RinuxOperations(pyfuse3.Operations):
     @_syscall
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         self._cred(ctx)
-        return self.vfs.inode(inode).readlink()
+        # pyfuse3 needs bytes here; anything else fails after the handler returns and ends the mount.
+        return bytes(self.vfs.inode(inode).readlink())
 
     @_syscall
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,

@@ -196,7 +196,7 @@ class TmpfsSymlink(TmpfsInode):
         if self._inline is not None:
             return self._inline
         assert self.mapping is not None
-        return self.mapping.read(0, self._len)
+        return bytes(self.mapping.read(0, self._len))
 
     def release_data(self) -> None:
         if self.mapping is not None:
