@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--mem", type=_size_arg, default=parse_size("256M"), help="simulated RAM (default 256M)")
     m.add_argument("--cpus", type=int, default=2, help="simulated CPUs (default 2)")
     m.add_argument("--tmpfs-size", type=_size_arg, default=None, help="rootfs size limit (default: half of --mem)")
+    m.add_argument("--lba-size", type=int, choices=(512, 4096), default=512,
+                   help="logical block size of the NVMe namespace (default 512)")
     m.add_argument("--ro", action="store_true", help="open the image read-only")
     m.add_argument("--force-gpt", action="store_true", help="use the backup GPT if the primary is corrupt")
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
@@ -134,7 +136,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not os.path.exists("/dev/fuse"):
         raise UsageError("/dev/fuse is missing: install fuse3 (scripts/setup does) and load the fuse module")
     config = KernelConfig(image=args.image.resolve(), controller=args.controller, mem=args.mem, cpus=args.cpus,
-                          tmpfs_size=args.tmpfs_size, read_only=args.ro, force_gpt=args.force_gpt)
+                          tmpfs_size=args.tmpfs_size, read_only=args.ro, force_gpt=args.force_gpt,
+                          lba_size=args.lba_size)
     logging.basicConfig(level=args.log_level.upper(), format="rinuxfs: %(message)s")
     if args.foreground:
         kernel = Kernel(config, _echo_to_logging)

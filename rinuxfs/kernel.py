@@ -19,14 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rinuxfs import __version__
+from rinuxfs.block.genhd import BlockRegistry, Gendisk
+from rinuxfs.block.partitions import probe
+from rinuxfs.drivers.nvme import NvmeDriver
 from rinuxfs.errors import KernelError
 from rinuxfs.fs.devfs import DevSuperBlock
 from rinuxfs.fs.procfs import ProcSuperBlock
 from rinuxfs.fs.sysfs import SysSuperBlock
+from rinuxfs.fs.sysfs_block import add_disk
 from rinuxfs.fs.tmpfs import TmpfsSuperBlock
 from rinuxfs.fs.vfs import ROOT_CRED, Credentials, Vfs
 from rinuxfs.hw.image import DiskImage
+from rinuxfs.hw.irq import IrqChip
+from rinuxfs.hw.nvme import NvmeController
 from rinuxfs.hw.ram import PAGE_SIZE
+from rinuxfs.mm.bdev_mapping import BlockDeviceMapping
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.printk import KernelLog, LogRecord
 from rinuxfs.sched import Clock, CpuAccounting, LoadAverage, TaskTable
@@ -35,6 +42,14 @@ from rinuxfs.units import format_size
 KERNEL_RELEASE = "6.18.0-rinuxfs"
 KERNEL_VERSION = "#1 SMP PREEMPT_DYNAMIC Wed Nov 25 00:00:00 UTC 2026"
 NR_LEGACY_IRQS = 16
+
+
+def _serial(image: Path | None) -> str:
+    """A serial number stable for one image path, as a disk keeps its own."""
+    import zlib
+
+    return f"RNX{zlib.crc32(str(image).encode()):08X}"
+
 MIN_MEM = 16 << 20  # below this the kernel's own reserves leave nothing to run on
 MAX_MEM = 16 << 30  # the frame tables are Python lists: keep boot quick and the host safe
 
@@ -48,6 +63,7 @@ class KernelConfig:
     tmpfs_size: int | None = None  # default: half of RAM, as Linux tmpfs
     read_only: bool = False
     force_gpt: bool = False
+    lba_size: int = 512
 
 
 @dataclass
@@ -157,11 +173,68 @@ class Kernel:
         self.mm.task_started()
 
     def _boot_storage(self) -> None:
+        """Find the disk as Linux does: controller probe, gendisk, then the partition scan."""
+        self.irqs = IrqChip(self.config.cpus)
+        self.block = BlockRegistry()
+        self.bdev_mappings: dict[str, BlockDeviceMapping] = {}
         if self.config.image is None:
             return
         self.image = DiskImage(self.config.image, self.config.read_only)
         mode = "read-only" if self.config.read_only else "read-write"
         self.log.info(f"rinuxfs: disk image {self.image.path} ({self.image.size} bytes, {mode})")
+        if self.config.controller == "nvme":
+            disk = self._probe_nvme()
+        elif self.config.controller == "ahci":
+            disk = self._probe_ahci()
+        else:
+            raise KernelError(errno.EINVAL, f"unknown controller {self.config.controller!r}: nvme or ahci")
+        self.block.add_disk(disk)
+        capacity = disk.nr_sects * 512
+        self.log.info(f"{disk.name}: {disk.nr_sects} 512-byte logical blocks ({format_size(capacity)})"
+                      if capacity else f"{disk.name}: empty medium")
+        self._scan_partitions(disk)
+
+    def _probe_nvme(self) -> Gendisk:
+        driver: NvmeDriver | None = None
+
+        def raise_msix(vector: int) -> None:
+            if driver is not None:
+                driver.raise_msix(vector)
+
+        ctrl = NvmeController(self.mm.ram, self.image, raise_irq=raise_msix,  # type: ignore[arg-type]
+                              lba_size=self.config.lba_size, max_queue_pairs=64,
+                              serial=_serial(self.config.image), model="rinuxfs NVMe disk", firmware=__version__)
+        driver = NvmeDriver(ctrl, self.mm, self.irqs, self.log, self.config.cpus, self.block.next_nvme_instance())
+        self.storage_driver = driver
+        return driver.probe(self.block)
+
+    def _probe_ahci(self) -> Gendisk:
+        from rinuxfs.drivers.ahci import probe_ahci
+
+        disk, self.storage_driver = probe_ahci(self)
+        return disk
+
+    def _scan_partitions(self, disk: Gendisk) -> None:
+        mapping = self.bdev_mappings[disk.name] = BlockDeviceMapping(self.mm, disk.whole)
+
+        def read_sectors(first: int, count: int) -> bytes:
+            return bytes(mapping.read(first * 512, count * 512))
+
+        result = probe(read_sectors, disk.nr_sects, disk.queue.limits.logical_block_size,
+                       force_gpt=self.config.force_gpt, disk_name=disk.name)
+        for level, text in result.messages:
+            self.log.printk(level, text)
+        table = result.table
+        if table is None:
+            if result.reason:
+                self.log.info(f"{disk.name}: no partition table recognised ({result.reason})")
+            return
+        disk.pttype, disk.ptuuid = table.label, table.disk_id
+        for p in table.partitions:
+            part = self.block.add_partition(disk, p.number, p.start, p.size, uuid=p.uuid, label=p.volname,
+                                            type_name=p.type_name)
+            part.bootable = p.bootable
+            self.bdev_mappings[part.name] = BlockDeviceMapping(self.mm, part)
 
     def _boot_filesystems(self) -> None:
         mm = self.mm
@@ -181,6 +254,11 @@ class Kernel:
         self.vfs.mount(self.sysfs, "/sys", "rw,nosuid,nodev,noexec,relatime")
         self.devfs = DevSuperBlock(self.vfs)
         self.vfs.mount(self.devfs, "/dev", "rw,nosuid,relatime")
+        for disk in self.block.disks:
+            for dev in disk.devices():
+                self.devfs.add_block_device(self.mm, dev, self.bdev_mappings[dev.name])
+            disk_dir, device_dir = self.storage_driver.add_sysfs(self.sysfs.root, disk)
+            add_disk(self.sysfs.root, disk, disk_dir, device_dir)
         self.log.info("devtmpfs: mounted")
 
     # --- shared services -----------------------------------------------------------------
@@ -188,9 +266,17 @@ class Kernel:
     def current_pid(self) -> int:
         return self.current.pid
 
+    def timer_ticks(self) -> list[int]:
+        """Local timer interrupts per CPU: one per jiffy while the CPU is online (HZ = USER_HZ here)."""
+        return [self.clock.uptime_ticks() if c in self.cpus.online else 0 for c in range(self.cpus.possible)]
+
     def irq_counts(self) -> list[int]:
-        counts = [0] * NR_LEGACY_IRQS
-        counts[0] = self.clock.uptime_ticks()  # the timer
+        """Interrupts by number since boot, for the `intr` line of /proc/stat."""
+        lines = self.irqs.lines
+        counts = [0] * max(NR_LEGACY_IRQS, max(lines, default=0) + 1)
+        counts[0] = sum(self.timer_ticks())
+        for irq, line in lines.items():
+            counts[irq] = sum(line.counts)
         return counts
 
     def set_cpu_online(self, cpu: int, online: bool) -> None:
@@ -205,7 +291,12 @@ class Kernel:
         self.cpu_accounting.advance(self.cpus.online)
 
     def sync(self) -> None:
-        """Write everything dirty to the image (the storage work adds dirty page-cache writeback)."""
+        """Write every dirty page to the disk, flush the device's cache, then the image file."""
+        for mapping in self.bdev_mappings.values():
+            mapping.writeback()
+        for disk in self.block.disks:
+            if not disk.read_only:
+                self.bdev_mappings[disk.name].flush()
         if self.image is not None:
             self.image.flush()
 

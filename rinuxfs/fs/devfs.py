@@ -1,16 +1,36 @@
-"""devtmpfs-like /dev: nodes for the devices the kernel registered.
+"""devtmpfs-like /dev: one node per registered block device, holding the device's bytes.
 
-The storage work registers the disk and its partitions here; until a driver
-registers something, /dev is empty.
+A block device node is shown as a regular file (FUSE cannot hand the host a
+block device of ours) whose size is the device's and whose bytes are the
+device's, read and written through the device's page cache, the block layer,
+the driver and the controller model, as block/fops.c does:
+- a read at or past the end returns 0 bytes; reads are shortened at the end;
+- a write at or past the end fails with ENOSPC; writes are shortened at the end;
+- O_DIRECT I/O must be aligned to the logical block size (EINVAL otherwise)
+  and bypasses the page cache;
+- fsync writes back and flushes the device cache; the last close writes back.
+The host sees these files with direct_io, so every read reaches the
+simulated page cache (the one /proc/meminfo counts as Buffers).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+
+from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp
+from rinuxfs.block.genhd import BlockDevice
+from rinuxfs.errors import KernelError
 from rinuxfs.fs.kernfs import GenDir
 from rinuxfs.fs.superblock import StatFs, SuperBlock
-from rinuxfs.fs.vfs import Vfs
+from rinuxfs.fs.vfs import AttrChange, Credentials, Inode, OpenFile, Vfs
+from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
+from rinuxfs.mm.bdev_mapping import BlockDeviceMapping
+from rinuxfs.mm.core import MemoryManager
 
 TMPFS_MAGIC = 0x01021994  # devtmpfs is a tmpfs instance
+DISK_GID = 6  # group "disk", owner of block device nodes on Debian
 
 
 class DevSuperBlock(SuperBlock):
@@ -21,9 +41,118 @@ class DevSuperBlock(SuperBlock):
     def __init__(self, vfs: Vfs) -> None:
         super().__init__(vfs)
         self.root = GenDir(self, mode=0o755)
+        self.nodes: dict[str, BlockDeviceNode] = {}
+
+    def add_block_device(self, mm: MemoryManager, bdev: BlockDevice, mapping: BlockDeviceMapping) -> BlockDeviceNode:
+        node = BlockDeviceNode(self, mm, bdev, mapping)
+        self.root.static[bdev.name.encode()] = node
+        self.nodes[bdev.name] = node
+        return node
 
     def options(self) -> str:
         return "rw,mode=755"
 
     def statfs(self) -> StatFs:
         return StatFs(TMPFS_MAGIC, 4096, 0, 0, 0, 0, 0)
+
+
+class BlockDeviceNode(Inode):
+    def __init__(self, sb: DevSuperBlock, mm: MemoryManager, bdev: BlockDevice, mapping: BlockDeviceMapping) -> None:
+        super().__init__(sb, stat.S_IFREG | 0o660, 0, DISK_GID)
+        self.bdev = bdev
+        self.mapping = mapping
+        self.mm = mm
+
+    @property
+    def size(self) -> int:
+        return self.bdev.size_bytes
+
+    @property
+    def blocks(self) -> int:
+        return self.mapping_pages() * (PAGE_SIZE // 512)
+
+    def mapping_pages(self) -> int:
+        return len(self.mapping.pages)
+
+    def truncate(self, size: int) -> None:
+        # A block device has the size of its medium; O_TRUNC and `>` redirections leave it alone, as on Linux.
+        return None
+
+    def setattr(self, change: AttrChange) -> None:
+        change.size = None
+        super().setattr(change)
+
+    def open(self, flags: int, cred: Credentials) -> OpenFile:
+        if flags & os.O_ACCMODE != os.O_RDONLY and (self.bdev.read_only or self.bdev.disk.read_only):
+            raise KernelError(errno.EROFS, f"{self.bdev.name} is read-only")
+        return BlockDeviceFile(self, flags)
+
+    def sync(self) -> None:
+        self.mapping.writeback()
+
+
+class BlockDeviceFile(OpenFile):
+    inode: BlockDeviceNode
+    direct_io = True
+
+    def __init__(self, inode: BlockDeviceNode, flags: int) -> None:
+        super().__init__(inode, flags)
+        self.o_direct = bool(flags & os.O_DIRECT)
+        self.next_offset = 0  # where a sequential reader will read next: readahead starts there
+
+    def read(self, offset: int, size: int) -> bytes:
+        node = self.inode
+        if self.o_direct:
+            return self._direct(ReqOp.READ, offset, size)
+        readahead = 0
+        if offset == self.next_offset:
+            readahead = node.bdev.disk.queue.limits.read_ahead_kb * 1024
+        data = node.mapping.read(offset, size, readahead)
+        self.next_offset = offset + len(data)
+        return data
+
+    def write(self, offset: int, data: bytes) -> int:
+        node = self.inode
+        if offset >= node.size and data:
+            raise KernelError(errno.ENOSPC, "write past the end of the device")
+        if self.o_direct:
+            self._direct(ReqOp.WRITE, offset, len(data), data)
+            return min(len(data), node.size - offset)
+        n = node.mapping.write(offset, data)
+        node.touch(m=True, c=True)
+        return n
+
+    def _direct(self, op: ReqOp, offset: int, size: int, data: bytes = b"") -> bytes:
+        """O_DIRECT: aligned I/O through bounce frames, after writing back and dropping cached pages."""
+        node = self.inode
+        lbs = node.bdev.disk.queue.limits.logical_block_size
+        if offset % lbs or size % lbs:
+            raise KernelError(errno.EINVAL, f"O_DIRECT I/O must be aligned to {lbs} bytes")
+        size = max(0, min(size, node.size - offset))
+        if not size:
+            return b""
+        node.mapping.invalidate()
+        npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
+        pfns = node.mm.alloc_pages(npages)
+        ram = node.mm.ram.view
+        try:
+            segments = []
+            for i, pfn in enumerate(pfns):
+                length = min(PAGE_SIZE, size - (i << PAGE_SHIFT))
+                addr, pos = pfn << PAGE_SHIFT, i << PAGE_SHIFT
+                segments.append((addr, length))
+                if op == ReqOp.WRITE:
+                    ram[addr : addr + length] = data[pos : pos + length]
+            node.bdev.submit([Bio(op, offset >> SECTOR_SHIFT, size >> SECTOR_SHIFT, segments)])
+            if op == ReqOp.READ:
+                return b"".join(bytes(ram[addr : addr + length]) for addr, length in segments)
+            return b""
+        finally:
+            node.mm.free_pages(pfns)
+
+    def fsync(self, datasync: bool) -> None:
+        self.inode.mapping.flush()
+
+    def release(self) -> None:
+        if self.inode.opens <= 1:
+            self.inode.mapping.writeback()

@@ -25,6 +25,7 @@ class Bar:
 
     def __init__(self, device: MmioDevice) -> None:
         self.device = device
+        self._running = False
 
     def readl(self, offset: int) -> int:
         return self.device.mmio_read(offset, 4)
@@ -43,7 +44,14 @@ class Bar:
         self._run()
 
     def _run(self) -> None:
-        device = self.device
-        while device.has_work:
-            if not device.service():
-                break
+        # An interrupt handler writes doorbells from inside service(): the outer loop picks that work up.
+        if self._running:
+            return
+        self._running = True
+        try:
+            device = self.device
+            while device.has_work:
+                if not device.service():
+                    break
+        finally:
+            self._running = False

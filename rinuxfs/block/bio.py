@@ -1,0 +1,97 @@
+"""Bios and requests: what the page cache asks of a block device, and what a driver executes.
+
+A bio names an operation, a start sector (512-byte units, always, as in
+Linux) and the RAM it moves data to or from, as (physical address, length)
+segments (bio_vec). A request is one or more bios merged because they are
+adjacent and of the same kind; a driver turns a request into one command.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+from rinuxfs.block import stats
+
+if TYPE_CHECKING:
+    from rinuxfs.block.genhd import BlockDevice
+
+SECTOR_SHIFT = 9
+SECTOR_SIZE = 1 << SECTOR_SHIFT
+
+
+class ReqOp(IntEnum):
+    """enum req_op values (include/linux/blk_types.h)."""
+
+    READ = 0
+    WRITE = 1
+    FLUSH = 2
+    DISCARD = 3
+    WRITE_ZEROES = 9
+
+    @property
+    def stat_group(self) -> int:
+        return {ReqOp.READ: stats.READ, ReqOp.FLUSH: stats.FLUSH, ReqOp.DISCARD: stats.DISCARD}.get(self, stats.WRITE)
+
+    @property
+    def has_data(self) -> bool:
+        return self in (ReqOp.READ, ReqOp.WRITE)
+
+
+Segment = tuple[int, int]  # (physical address, length in bytes)
+
+
+@dataclass(eq=False)
+class Bio:
+    op: ReqOp
+    sector: int
+    nr_sectors: int
+    segments: list[Segment] = field(default_factory=list)
+    bdev: BlockDevice | None = None  # the partition (or whole disk) it was submitted to, for its statistics
+    fua: bool = False
+
+    @property
+    def end_sector(self) -> int:
+        return self.sector + self.nr_sectors
+
+
+@dataclass(eq=False)
+class Request:
+    op: ReqOp
+    sector: int
+    nr_sectors: int
+    segments: list[Segment]
+    bios: list[Bio]
+    fua: bool = False
+    start_ns: int = field(default_factory=time.monotonic_ns)
+
+    @classmethod
+    def from_bio(cls, bio: Bio) -> Request:
+        return cls(bio.op, bio.sector, bio.nr_sectors, list(bio.segments), [bio], bio.fua)
+
+    @property
+    def end_sector(self) -> int:
+        return self.sector + self.nr_sectors
+
+    def can_append(self, bio: Bio, max_sectors: int) -> bool:
+        """A back merge: same operation, same device, starts where this request ends, stays within the limit."""
+        return (
+            bio.op == self.op
+            and bio.op != ReqOp.FLUSH
+            and bio.sector == self.end_sector
+            and bio.bdev is self.bios[0].bdev
+            and bio.fua == self.fua
+            and self.nr_sectors + bio.nr_sectors <= max_sectors
+        )
+
+    def append(self, bio: Bio) -> None:
+        self.bios.append(bio)
+        self.nr_sectors += bio.nr_sectors
+        segs = self.segments
+        for addr, length in bio.segments:
+            if segs and segs[-1][0] + segs[-1][1] == addr:
+                segs[-1] = (segs[-1][0], segs[-1][1] + length)  # physically contiguous: one segment
+            else:
+                segs.append((addr, length))

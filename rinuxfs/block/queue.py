@@ -1,0 +1,172 @@
+"""The request queue of a disk: merging, splitting, scheduling and accounting of bios.
+
+Contract:
+- `submit(bios)` takes a batch (a plug, in Linux's words): adjacent bios of
+  the same kind are merged into one request up to max_sectors_kb; a bio
+  larger than that is split. The scheduler orders the batch's requests
+  (`none`: as submitted; `mq-deadline`: by sector, reads first, the way its
+  sorted lists dispatch a backlog), then the driver executes them.
+- Execution is synchronous: the simulated controller runs when its doorbell
+  rings and its interrupt completes the request before `execute` returns.
+  So `submit` returns with every bio done, or raises the first failure as
+  KernelError with the errno the driver mapped.
+- Every request is accounted on the whole disk and on the partition of its
+  bios: ios, merges, sectors, time, in-flight, io_ticks.
+- The limits are those sysfs `queue/` shows; the writable ones are checked
+  here with the errno Linux's store functions return.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp, Request
+from rinuxfs.errors import KernelError
+
+if TYPE_CHECKING:
+    from rinuxfs.block.genhd import Gendisk
+
+SCHEDULERS = ("none", "mq-deadline")
+BLKDEV_MIN_RQ = 4
+BLKDEV_MAX_RQ = 128
+
+
+class BlockDriver(Protocol):
+    """What a host driver offers the block layer (blk_mq_ops)."""
+
+    def execute(self, req: Request) -> None:
+        """Run one request to completion; raise KernelError(errno) on failure."""
+        ...
+
+
+@dataclass
+class QueueLimits:
+    logical_block_size: int = 512
+    physical_block_size: int = 512
+    max_hw_sectors_kb: int = 512
+    max_sectors_kb: int = 512
+    max_segments: int = 128
+    read_ahead_kb: int = 128
+    nr_requests: int = 64
+    rotational: int = 0
+    write_cache: str = "write back"
+    discard_granularity: int = 512
+    discard_max_hw_bytes: int = 0
+    discard_max_bytes: int = 0
+    write_zeroes_max_bytes: int = 0
+    queue_depth: int = 1023
+
+    @property
+    def max_sectors(self) -> int:
+        return self.max_sectors_kb * 2
+
+
+class RequestQueue:
+    def __init__(self, driver: BlockDriver, limits: QueueLimits, scheduler: str = "none") -> None:
+        self.driver = driver
+        self.limits = limits
+        self.scheduler = scheduler
+        self.disk: Gendisk | None = None
+
+    # --- sysfs queue/ attributes Linux lets root write ----------------------------------------
+
+    def set_scheduler(self, name: str) -> None:
+        name = name.strip()
+        if name not in SCHEDULERS:
+            raise KernelError(errno.EINVAL, f"unknown I/O scheduler {name!r}")
+        self.scheduler = name
+
+    def set_nr_requests(self, value: int) -> None:
+        # queue_requests_store: at least BLKDEV_MIN_RQ; with a scheduler up to BLKDEV_MAX_RQ*… — capped by depth
+        if value < BLKDEV_MIN_RQ:
+            value = BLKDEV_MIN_RQ
+        if value > max(self.limits.queue_depth, BLKDEV_MAX_RQ) * 2:
+            raise KernelError(errno.EINVAL, f"nr_requests {value} exceeds what the hardware queues allow")
+        self.limits.nr_requests = value
+
+    def set_max_sectors_kb(self, value: int) -> None:
+        # queue_max_sectors_store: between a page and max_hw_sectors_kb
+        if value > self.limits.max_hw_sectors_kb or value < 4:
+            raise KernelError(errno.EINVAL, f"max_sectors_kb must be between 4 and {self.limits.max_hw_sectors_kb}")
+        self.limits.max_sectors_kb = value
+
+    def set_read_ahead_kb(self, value: int) -> None:
+        self.limits.read_ahead_kb = value
+
+    # --- I/O ---------------------------------------------------------------------------------
+
+    def submit(self, bios: list[Bio]) -> None:
+        requests = self._build_requests(bios)
+        if self.scheduler == "mq-deadline" and len(requests) > 1:
+            requests.sort(key=lambda r: (r.op != ReqOp.READ, r.sector))
+        for req in requests:
+            self._execute(req)
+
+    def _build_requests(self, bios: list[Bio]) -> list[Request]:
+        max_sectors = self.limits.max_sectors
+        requests: list[Request] = []
+        for bio in bios:
+            for piece in self._split(bio, max_sectors):
+                last = requests[-1] if requests else None
+                if last is not None and last.can_append(piece, max_sectors):
+                    last.append(piece)
+                    self._account_merge(piece)
+                else:
+                    requests.append(Request.from_bio(piece))
+        return requests
+
+    @staticmethod
+    def _split(bio: Bio, max_sectors: int) -> list[Bio]:
+        if bio.nr_sectors <= max_sectors or not bio.op.has_data:
+            return [bio]
+        pieces: list[Bio] = []
+        segments = list(bio.segments)
+        sector = bio.sector
+        remaining = bio.nr_sectors
+        while remaining:
+            take = min(remaining, max_sectors)
+            want = take << SECTOR_SHIFT
+            segs: list[tuple[int, int]] = []
+            while want:
+                addr, length = segments[0]
+                n = min(length, want)
+                segs.append((addr, n))
+                if n == length:
+                    segments.pop(0)
+                else:
+                    segments[0] = (addr + n, length - n)
+                want -= n
+            pieces.append(Bio(bio.op, sector, take, segs, bio.bdev, bio.fua))
+            sector += take
+            remaining -= take
+        return pieces
+
+    def _account_merge(self, bio: Bio) -> None:
+        group = bio.op.stat_group
+        if self.disk is not None:
+            self.disk.whole.stats.merged(group)
+        if bio.bdev is not None and self.disk is not None and bio.bdev is not self.disk.whole:
+            bio.bdev.stats.merged(group)
+
+    def _execute(self, req: Request) -> None:
+        group = req.op.stat_group
+        targets = self._stat_targets(req)
+        for target in targets:
+            target.stats.start(group)
+        start = time.monotonic_ns()
+        try:
+            self.driver.execute(req)
+        finally:
+            elapsed = time.monotonic_ns() - start
+            sectors = req.nr_sectors if req.op != ReqOp.FLUSH else 0
+            for target in targets:
+                target.stats.done(group, sectors, elapsed)
+
+    def _stat_targets(self, req: Request) -> list:  # type: ignore[type-arg]
+        if self.disk is None:
+            return []
+        part = req.bios[0].bdev
+        return [self.disk.whole] if part is None or part is self.disk.whole else [self.disk.whole, part]

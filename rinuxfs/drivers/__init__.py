@@ -1,0 +1,1 @@
+"""Host drivers: what Linux's nvme and ahci drivers do, against the controller models' registers."""

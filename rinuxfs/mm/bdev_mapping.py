@@ -1,0 +1,182 @@
+"""The page cache of a block device: device bytes in frames of the simulated RAM, read and written by bios.
+
+Contract (the address_space of a bdev inode; what `Buffers` counts in meminfo):
+- `read(offset, size)` brings the pages it covers into the cache with read
+  bios whose segments are the cache's own frames (DMA straight into them),
+  one bio per run of missing pages, all submitted as one batch; then copies out.
+- `write(offset, data)` updates cached pages, first reading a page the write
+  covers only in part; the pages become dirty. Nothing reaches the disk until
+  `writeback()` (fsync, release of the last open file, unmount, or reclaim).
+- `writeback()` writes dirty pages as one bio per run of consecutive dirty
+  pages, submitted as a batch so the queue merges what is adjacent.
+- `shrink(n)` drops up to n clean pages, oldest first, and returns how many.
+- The cache never holds a page past the device's end.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp
+from rinuxfs.block.genhd import BlockDevice
+from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
+from rinuxfs.mm.core import MemoryManager
+
+_PAGE_MASK = PAGE_SIZE - 1
+BDEV_PAGE_ITEMS = ("nr_blockdev_pages", "nr_file_pages", "nr_inactive_file")
+
+
+class BlockDeviceMapping:
+    def __init__(self, mm: MemoryManager, bdev: BlockDevice) -> None:
+        self.mm = mm
+        self.bdev = bdev
+        self.pages: OrderedDict[int, int] = OrderedDict()  # index -> pfn, least recently used first
+        self.dirty: set[int] = set()
+
+    @property
+    def size(self) -> int:
+        return self.bdev.size_bytes
+
+    # --- filling the cache ---------------------------------------------------------------
+
+    def _populate(self, first: int, last: int) -> None:
+        """Read pages first..last that are not cached, with one bio per run of missing pages."""
+        missing = [i for i in range(first, last + 1) if i not in self.pages]
+        if not missing:
+            return
+        pfns = self.mm.alloc_pages(len(missing))
+        bios: list[Bio] = []
+        run: list[tuple[int, int]] = []
+        for index, pfn in zip(missing, pfns, strict=True):
+            if run and index != run[-1][0] + 1:
+                bios.append(self._bio(ReqOp.READ, run))
+                run = []
+            run.append((index, pfn))
+        bios.append(self._bio(ReqOp.READ, run))
+        try:
+            self.bdev.submit(bios)
+        except BaseException:
+            self.mm.free_pages(pfns)
+            raise
+        for index, pfn in zip(missing, pfns, strict=True):
+            self.pages[index] = pfn
+        self.mm.account(BDEV_PAGE_ITEMS, len(missing))
+        self.mm.events["pgpgin"] += len(missing) * (PAGE_SIZE // 1024)
+
+    def _bio(self, op: ReqOp, run: list[tuple[int, int]]) -> Bio:
+        """A bio over consecutive page indexes; the tail page may end at the device's end."""
+        start = run[0][0] << PAGE_SHIFT
+        end = min((run[-1][0] + 1) << PAGE_SHIFT, self.size)
+        segments: list[tuple[int, int]] = []
+        for index, pfn in run:
+            length = min(PAGE_SIZE, end - (index << PAGE_SHIFT))
+            addr = pfn << PAGE_SHIFT
+            if segments and segments[-1][0] + segments[-1][1] == addr:
+                segments[-1] = (segments[-1][0], segments[-1][1] + length)
+            else:
+                segments.append((addr, length))
+        return Bio(op, start >> SECTOR_SHIFT, (end - start) >> SECTOR_SHIFT, segments)
+
+    # --- file I/O ------------------------------------------------------------------------
+
+    def read(self, offset: int, size: int, readahead: int = 0) -> bytes:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+        ra_last = min((end - 1 + readahead) >> PAGE_SHIFT, (self.size - 1) >> PAGE_SHIFT)
+        self._populate(first, ra_last if readahead else last)
+        ram = self.mm.ram.view
+        parts = []
+        pos, i = offset, first
+        pages = self.pages
+        while i <= last:
+            pfn = pages[i]
+            pages.move_to_end(i)
+            run = i
+            while run < last and pages.get(run + 1) == pfn + (run + 1 - i):
+                run += 1
+                pages.move_to_end(run)
+            chunk = min(end, (run + 1) << PAGE_SHIFT) - pos
+            phys = (pfn << PAGE_SHIFT) + (pos - (i << PAGE_SHIFT))
+            parts.append(ram[phys : phys + chunk])
+            pos += chunk
+            i = run + 1
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+    def write(self, offset: int, data: bytes | memoryview) -> int:
+        src = memoryview(data).cast("B")
+        end = min(offset + len(src), self.size)
+        if offset >= end:
+            return 0
+        first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+        # Pages written only in part must hold the device's bytes around the write.
+        partial = {first} if offset & _PAGE_MASK else set()
+        if end & _PAGE_MASK and end != self.size:
+            partial.add(last)
+        for index in sorted(partial):
+            self._populate(index, index)
+        full = [i for i in range(first, last + 1) if i not in self.pages]
+        if full:
+            pfns = self.mm.alloc_pages(len(full))
+            for index, pfn in zip(full, pfns, strict=True):
+                self.pages[index] = pfn
+            self.mm.account(BDEV_PAGE_ITEMS, len(full))
+        ram = self.mm.ram.view
+        pos, done = offset, 0
+        for i in range(first, last + 1):
+            pfn = self.pages[i]
+            self.pages.move_to_end(i)
+            chunk = min(end, (i + 1) << PAGE_SHIFT) - pos
+            phys = (pfn << PAGE_SHIFT) + (pos - (i << PAGE_SHIFT))
+            ram[phys : phys + chunk] = src[done : done + chunk]
+            pos += chunk
+            done += chunk
+            if i not in self.dirty:
+                self.dirty.add(i)
+                self.mm.account(("nr_dirty",), 1)
+        return done
+
+    def writeback(self) -> None:
+        if not self.dirty:
+            return
+        order = sorted(self.dirty)
+        bios: list[Bio] = []
+        run: list[tuple[int, int]] = []
+        for index in order:
+            if run and index != run[-1][0] + 1:
+                bios.append(self._bio(ReqOp.WRITE, run))
+                run = []
+            run.append((index, self.pages[index]))
+        bios.append(self._bio(ReqOp.WRITE, run))
+        self.mm.account(("nr_writeback",), len(order))
+        try:
+            self.bdev.submit(bios)
+        finally:
+            self.mm.account(("nr_writeback",), -len(order))
+        self.dirty.clear()
+        self.mm.account(("nr_dirty",), -len(order))
+        self.mm.events["pgpgout"] += len(order) * (PAGE_SIZE // 1024)
+
+    def flush(self) -> None:
+        """Make written data durable: write back, then a FLUSH to the device's volatile cache."""
+        self.writeback()
+        self.bdev.submit([Bio(ReqOp.FLUSH, 0, 0)])
+
+    def shrink(self, count: int) -> int:
+        freed: list[int] = []
+        for index in list(self.pages):
+            if len(freed) >= count:
+                break
+            if index in self.dirty:
+                continue
+            freed.append(self.pages.pop(index))
+        if freed:
+            self.mm.free_pages(freed)
+            self.mm.account(BDEV_PAGE_ITEMS, -len(freed))
+        return len(freed)
+
+    def invalidate(self) -> None:
+        """Drop every page (after writeback): the next read goes to the device."""
+        self.writeback()
+        self.shrink(len(self.pages))
