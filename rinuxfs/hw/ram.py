@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap
 import threading
+from collections.abc import Callable
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -31,12 +32,12 @@ class PhysicalMemory:
         self._closing = threading.Event()
         self._populator: threading.Thread | None = None
 
-    def populate_in_background(self) -> None:
+    def populate_in_background(self, done: Callable[[], None] | None = None) -> None:
         if self._populator is None:
-            self._populator = threading.Thread(target=self._populate, name="ram-populate", daemon=True)
+            self._populator = threading.Thread(target=self._populate, args=(done,), name="ram-populate", daemon=True)
             self._populator.start()
 
-    def _populate(self) -> None:
+    def _populate(self, done: Callable[[], None] | None) -> None:
         for start in range(0, self.size, _POPULATE_CHUNK):
             if self._closing.is_set():
                 return
@@ -44,6 +45,8 @@ class PhysicalMemory:
                 self._map.madvise(MADV_POPULATE_WRITE, start, min(_POPULATE_CHUNK, self.size - start))
             except (OSError, ValueError):
                 return  # an older host kernel: frames fault in on first use instead
+        if done is not None:
+            done()
 
     @property
     def nr_frames(self) -> int:

@@ -15,10 +15,12 @@ Contract (the address_space of a bdev inode; what `Buffers` counts in meminfo):
 
 from __future__ import annotations
 
+import errno
 from collections import OrderedDict
 
 from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp
 from rinuxfs.block.genhd import BlockDevice
+from rinuxfs.errors import KernelError
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
 from rinuxfs.mm.core import MemoryManager
 
@@ -32,6 +34,7 @@ class BlockDeviceMapping:
         self.bdev = bdev
         self.pages: OrderedDict[int, int] = OrderedDict()  # index -> pfn, least recently used first
         self.dirty: set[int] = set()
+        mm.register_shrinker(self.shrink)
 
     @property
     def size(self) -> int:
@@ -40,10 +43,23 @@ class BlockDeviceMapping:
     # --- filling the cache ---------------------------------------------------------------
 
     def _populate(self, first: int, last: int) -> None:
-        """Read pages first..last that are not cached, with one bio per run of missing pages."""
-        missing = [i for i in range(first, last + 1) if i not in self.pages]
-        if not missing:
-            return
+        """Read pages first..last that are not cached, with one bio per run of missing pages.
+
+        The range is marked most recently used first, so that reclaim set off by
+        our own allocation takes other pages; should it take some of these
+        anyway (a cache smaller than the range), they are read again.
+        """
+        for _ in range(8):
+            for index in range(first, last + 1):
+                if index in self.pages:
+                    self.pages.move_to_end(index)
+            missing = [i for i in range(first, last + 1) if i not in self.pages]
+            if not missing:
+                return
+            self._read_pages(missing)
+        raise KernelError(errno.ENOMEM, "block device cache: memory too short to hold one request")
+
+    def _read_pages(self, missing: list[int]) -> None:
         pfns = self.mm.alloc_pages(len(missing))
         bios: list[Bio] = []
         run: list[tuple[int, int]] = []
@@ -164,13 +180,13 @@ class BlockDeviceMapping:
         self.bdev.submit([Bio(ReqOp.FLUSH, 0, 0)])
 
     def shrink(self, count: int) -> int:
-        freed: list[int] = []
-        for index in list(self.pages):
-            if len(freed) >= count:
-                break
-            if index in self.dirty:
-                continue
-            freed.append(self.pages.pop(index))
+        victims: list[int] = []
+        for index in self.pages:  # least recently used first; stop as soon as there are enough
+            if index not in self.dirty:
+                victims.append(index)
+                if len(victims) >= count:
+                    break
+        freed = [self.pages.pop(index) for index in victims]
         if freed:
             self.mm.free_pages(freed)
             self.mm.account(BDEV_PAGE_ITEMS, -len(freed))

@@ -6,12 +6,20 @@ Contract:
 - Owners of pages (tmpfs address spaces, the kernel's own slab and stacks)
   report what they hold through `account`, which keeps the node counters that
   /proc/meminfo and /proc/vmstat render; nothing else writes them.
+- Owners of pages that can be dropped (clean block-device cache pages)
+  register a shrinker. When an allocation would take the zones below their
+  low watermark, reclaim frees pages up to the high watermark first (kswapd's
+  job, done inline here); when an allocation fails, direct reclaim frees what
+  it needs and the allocation is retried once, then ENOMEM.
+  Swap and the OOM killer come with the memory-management issue.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
+from rinuxfs.errors import KernelError
 from rinuxfs.hw.ram import PAGE_SIZE, PhysicalMemory
 from rinuxfs.mm.page_alloc import PageAllocator
 
@@ -23,6 +31,9 @@ _BOOT_KERNEL_USE = {"nr_slab_reclaimable_pages": 6, "nr_slab_unreclaimable_pages
 _KERNEL_STACK_KB_PER_TASK = 16
 _PERCPU_KB_PER_CPU = 476
 VMALLOC_TOTAL_KB = 34359738367
+SWAP_CLUSTER_MAX = 32  # pages reclaim works on at a time
+
+Shrinker = Callable[[int], int]  # free up to n pages, return how many were freed
 
 
 class MemoryManager:
@@ -44,13 +55,63 @@ class MemoryManager:
         self.percpu_kb = percpu_pages * KIB_PER_PAGE
         self.kernel_stack_kb = 0
         self.committed_pages = 0
+        self.shrinkers: list[Shrinker] = []
+        self._reclaiming = False
 
     # --- frames ------------------------------------------------------------------------
 
     def alloc_pages(self, count: int) -> list[int]:
-        pfns = self.allocator.alloc_pages(count)
-        self.events["pgalloc_" + self.allocator.zone_of(pfns[0]).name.lower()] += count if pfns else 0
+        if count <= 0:
+            return []
+        try:
+            pfns = self.allocator.alloc_pages(count)
+        except KernelError:
+            if not self._reclaim(count + SWAP_CLUSTER_MAX, "direct"):
+                raise
+            pfns = self.allocator.alloc_pages(count)
+        self.events["pgalloc_" + self.allocator.zone_of(pfns[0]).name.lower()] += count
+        if self.allocator.nr_free_pages < self._watermark("wmark_low"):
+            self._reclaim(self._watermark("wmark_high") - self.allocator.nr_free_pages, "kswapd")
         return pfns
+
+    def register_shrinker(self, shrinker: Shrinker) -> None:
+        self.shrinkers.append(shrinker)
+
+    def unregister_shrinker(self, shrinker: Shrinker) -> None:
+        if shrinker in self.shrinkers:
+            self.shrinkers.remove(shrinker)
+
+    def _watermark(self, name: str) -> int:
+        return sum(getattr(z, name) + max(z.lowmem_reserve, default=0) for z in self.allocator.zones if z.managed)
+
+    def _reclaim(self, target: int, who: str) -> int:
+        """Ask the shrinkers for `target` pages, in SWAP_CLUSTER_MAX batches; count it as Linux's vmstat does."""
+        if self._reclaiming or target <= 0:
+            return 0
+        self._reclaiming = True
+        freed = 0
+        try:
+            if who == "direct":
+                self.events["allocstall_" + self.allocator.zones[self.allocator._highest_populated()].name.lower()] += 1
+            else:
+                self.events["pageoutrun"] += 1
+            progress = True
+            while freed < target and progress:
+                progress = False
+                for shrink in list(self.shrinkers):
+                    want = min(SWAP_CLUSTER_MAX, target - freed)
+                    got = shrink(want)
+                    self.events[f"pgscan_{who}"] += want
+                    self.events[f"pgsteal_{who}"] += got
+                    freed += got
+                    progress |= got > 0
+                    if freed >= target:
+                        break
+            self.events["pgscan_file"] += freed
+            self.events["pgsteal_file"] += freed
+        finally:
+            self._reclaiming = False
+        return freed
 
     def free_pages(self, pfns: list[int]) -> None:
         self.allocator.free_pages(pfns)
