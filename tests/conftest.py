@@ -7,11 +7,14 @@ no test leaves a mount or a process behind.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,12 +79,55 @@ def mount(image: Path, mountpoint: Path, *extra: str) -> Mounted:
     return Mounted(mountpoint.resolve(), image, daemon_pid(mountpoint))
 
 
+def make_image(path: Path, size: int = 64 << 20) -> Path:
+    """A sparse, blank disk image."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+@contextlib.contextmanager
+def mounted(base: Path, *extra: str) -> Iterator[Mounted]:
+    """A fresh mount of a blank image under `base`, unmounted on the way out whatever happens."""
+    m = mount(make_image(base / "disk.img"), base / "mnt", *extra)
+    try:
+        yield m
+    finally:
+        m.unmount()
+
+
+def module_mount(*extra: str) -> Any:
+    """A module-scoped `mnt` fixture: one mount shared by a module's tests, each in a directory of its own."""
+
+    @pytest.fixture(scope="module", name="mnt")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
+        with mounted(tmp_path_factory.mktemp("mod"), *extra) as m:
+            yield m
+
+    return fixture
+
+
+@pytest.fixture
+def d(mnt: Mounted, request: pytest.FixtureRequest) -> Path:
+    """A directory of the test's own in the mount's /tmp."""
+    path = mnt.path / "tmp" / request.node.name[:200]
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """For modules that assert modes: the usual umask, whatever the runner's is."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
 @pytest.fixture
 def blank_image(tmp_path: Path) -> Path:
-    image = tmp_path / "disk.img"
-    with open(image, "wb") as f:
-        f.truncate(64 << 20)
-    return image
+    return make_image(tmp_path / "disk.img")
 
 
 @pytest.fixture
@@ -97,12 +143,5 @@ def mnt(tmp_path: Path, blank_image: Path) -> Iterator[Mounted]:
 @pytest.fixture(scope="module")
 def shared_mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
     """One mount shared by a module's read-only tests (views, formats, tools)."""
-    base = tmp_path_factory.mktemp("shared")
-    image = base / "disk.img"
-    with open(image, "wb") as f:
-        f.truncate(64 << 20)
-    m = mount(image, base / "mnt", "--mem", "512M", "--cpus", "4")
-    try:
+    with mounted(tmp_path_factory.mktemp("shared"), "--mem", "512M", "--cpus", "4") as m:
         yield m
-    finally:
-        m.unmount()

@@ -9,36 +9,18 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import Mounted, mount
+from tests.conftest import module_mount
 
 WORKERS = 6
 REGION = 1 << 20  # each writer's share of the shared file
 CHUNK = 12 * 1024  # not a multiple of the page size, so neighbours' writes meet inside pages
 
 
-@pytest.fixture(scope="module")
-def mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
-    base = tmp_path_factory.mktemp("tmpfs_concurrency")
-    image = base / "disk.img"
-    with open(image, "wb") as f:
-        f.truncate(64 << 20)
-    m = mount(image, base / "mnt")
-    try:
-        yield m
-    finally:
-        m.unmount()
+mnt = module_mount()
 
 
-@pytest.fixture
-def d(mnt: Mounted, request: pytest.FixtureRequest) -> Path:
-    path = mnt.path / "tmp" / request.node.name[:200]
-    path.mkdir()
-    return path
 
 
 def pattern(worker: int, size: int) -> bytes:

@@ -13,47 +13,24 @@ import mmap
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mounted, is_mounted, mount, pid_alive
+from tests.conftest import Mounted, is_mounted, module_mount, pid_alive
 
 PAGE = 4096
 BLOCKS_PER_PAGE = PAGE // 512
 TICK = 0.02  # long enough for time_ns() to move on every clock this runs on
 
 
-@pytest.fixture(scope="module")
-def mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
-    """One mount for the module: every test works in a directory of its own under /tmp."""
-    base = tmp_path_factory.mktemp("tmpfs_files")
-    image = base / "disk.img"
-    with open(image, "wb") as f:
-        f.truncate(64 << 20)
-    m = mount(image, base / "mnt")
-    try:
-        yield m
-    finally:
-        m.unmount()
+mnt = module_mount()
 
 
-@pytest.fixture(autouse=True)
-def umask_022() -> Iterator[None]:
-    """Modes asserted below assume the usual umask, whatever the runner's is."""
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
+pytestmark = pytest.mark.usefixtures("umask_022")
 
 
-@pytest.fixture
-def d(mnt: Mounted, request: pytest.FixtureRequest) -> Path:
-    path = mnt.path / "tmp" / request.node.name[:200]
-    path.mkdir()
-    return path
 
 
 def write_file(path: Path, data: bytes) -> None:

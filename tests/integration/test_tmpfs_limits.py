@@ -14,12 +14,11 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mounted, mount
+from tests.conftest import Mounted, module_mount, mount
 
 PAGE = 4096
 MIB = 1 << 20
@@ -33,22 +32,9 @@ def make_image(base: Path) -> Path:
     return image
 
 
-@pytest.fixture(scope="module")
-def mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
-    """A default mount (size= half of RAM) for the tests that do not fill the filesystem."""
-    base = tmp_path_factory.mktemp("tmpfs_limits")
-    m = mount(make_image(base), base / "mnt")
-    try:
-        yield m
-    finally:
-        m.unmount()
+mnt = module_mount()
 
 
-@pytest.fixture
-def d(mnt: Mounted, request: pytest.FixtureRequest) -> Path:
-    path = mnt.path / "tmp" / request.node.name[:200]
-    path.mkdir()
-    return path
 
 
 def meminfo(m: Mounted) -> dict[str, int]:

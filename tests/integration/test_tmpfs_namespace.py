@@ -10,12 +10,12 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mounted, mount
+from tests.conftest import module_mount
 
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1
@@ -33,34 +33,12 @@ def renameat2(old: Path, new: Path, flags: int) -> None:
         raise OSError(err, os.strerror(err), str(old))
 
 
-@pytest.fixture(scope="module")
-def mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
-    base = tmp_path_factory.mktemp("tmpfs_namespace")
-    image = base / "disk.img"
-    with open(image, "wb") as f:
-        f.truncate(64 << 20)
-    m = mount(image, base / "mnt")
-    try:
-        yield m
-    finally:
-        m.unmount()
+mnt = module_mount()
 
 
-@pytest.fixture(autouse=True)
-def umask_022() -> Iterator[None]:
-    """Modes asserted below assume the usual umask, whatever the runner's is."""
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
+pytestmark = pytest.mark.usefixtures("umask_022")
 
 
-@pytest.fixture
-def d(mnt: Mounted, request: pytest.FixtureRequest) -> Path:
-    path = mnt.path / "tmp" / request.node.name[:200]
-    path.mkdir()
-    return path
 
 
 def touch(path: Path, data: bytes = b"") -> None:

@@ -15,27 +15,17 @@ import errno
 import os
 import pickle
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mounted, mount
+from tests.conftest import Mounted, module_mount
 
 NOBODY = 65534
 
 
-@pytest.fixture(scope="module")
-def mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
-    base = tmp_path_factory.mktemp("tmpfs_perms")
-    image = base / "disk.img"
-    with open(image, "wb") as f:
-        f.truncate(64 << 20)
-    m = mount(image, base / "mnt")
-    try:
-        yield m
-    finally:
-        m.unmount()
+mnt = module_mount()
 
 
 @pytest.fixture
