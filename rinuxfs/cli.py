@@ -197,6 +197,8 @@ def _fork_daemon(kernel: object, mountpoint: Path, log_level: str) -> int:
         status = 1
     finally:
         pidfile.unlink(missing_ok=True)
+        if status == 0:
+            logfile.unlink(missing_ok=True)  # kept only when the daemon failed: it says why
     os._exit(status)
 
 

@@ -65,7 +65,14 @@ def tune_readahead(mountpoint: Path) -> str:
     return f"read_ahead_kb {READ_AHEAD_KB} on bdi {devs[-1]}"
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> None:
+    # A signal can come as soon as the mount is announced, before trio listens: keep it for later.
+    early: list[int] = []
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda s, _frame: early.append(s))
     ops = RinuxOperations(kernel)
     pyfuse3.init(ops, str(mountpoint), mount_options(may_allow_other()))
     kernel.log.info(f"rinuxfs: mounted on {mountpoint}")
@@ -76,27 +83,32 @@ def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> Non
 
     async def run() -> None:
         nonlocal stopped_by_signal, ended_by_host
-        async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            if early:  # the receiver is open now, so nothing can slip between this check and it
+                kernel.log.info(f"rinuxfs: {signal.Signals(early[0]).name} received, unmounting")
+                stopped_by_signal = True
+                return
+            async with trio.open_nursery() as nursery:
 
-            async def watch_signals() -> None:
-                nonlocal stopped_by_signal
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                async def watch_signals() -> None:
+                    nonlocal stopped_by_signal
                     async for signum in signals:
                         kernel.log.info(f"rinuxfs: {signal.Signals(signum).name} received, unmounting")
                         stopped_by_signal = True
                         pyfuse3.terminate()
                         return
 
-            async def after_init() -> None:
-                # A stat from a worker thread returns only once the host has our INIT reply.
-                await trio.to_thread.run_sync(os.stat, mountpoint)
-                kernel.log.info(f"rinuxfs: {tune_readahead(mountpoint)}")
+                async def after_init() -> None:
+                    # A stat from a worker thread returns only once the host has our INIT reply.
+                    # Abandoned on cancel: once the request loop has stopped this stat never gets an answer.
+                    await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+                    kernel.log.info(f"rinuxfs: {tune_readahead(mountpoint)}")
 
-            nursery.start_soon(watch_signals)
-            nursery.start_soon(after_init)
-            await pyfuse3.main(min_tasks=1, max_tasks=1)
-            ended_by_host = not stopped_by_signal  # fusermount3 -u: the mount is already gone
-            nursery.cancel_scope.cancel()
+                nursery.start_soon(watch_signals)
+                nursery.start_soon(after_init)
+                await pyfuse3.main(min_tasks=1, max_tasks=1)
+                ended_by_host = not stopped_by_signal  # fusermount3 -u: the mount is already gone
+                nursery.cancel_scope.cancel()
 
     try:
         trio.run(run)

@@ -50,6 +50,38 @@ def _serial(image: Path | None) -> str:
 
     return f"RNX{zlib.crc32(str(image).encode()):08X}"
 
+
+def string_get_size(size: int, blk_size: int, divisor: int) -> str:
+    """lib/string_helpers.c string_get_size: "67.1 MB" (divisor 1000) or "64.0 MiB" (1024), 3 significant digits."""
+    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB") if divisor == 1000 else \
+        ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    if not size or not blk_size:
+        return "0 B"
+    i = remainder = 0
+    while blk_size >> 32:
+        blk_size //= divisor
+        i += 1
+    while size >> 32:
+        size //= divisor
+        i += 1
+    size *= blk_size
+    while size >= divisor:
+        size, remainder = divmod(size, divisor)
+        i += 1
+    digits, cap = 0, size  # how many decimals keep three significant digits
+    while cap * 10 < 1000:
+        cap *= 10
+        digits += 1
+    if divisor == 1024:
+        remainder = remainder * 1000 >> 10
+    remainder += (500, 50, 5)[digits] if digits < 3 else 0
+    if remainder >= 1000:
+        remainder -= 1000
+        size += 1
+    tail = f".{remainder:03d}"[:digits + 1] if digits else ""
+    return f"{size}{tail} {units[i] if i < len(units) else 'UNK'}"
+
+
 MIN_MEM = 16 << 20  # below this the kernel's own reserves leave nothing to run on
 MAX_MEM = 16 << 30  # the frame tables are Python lists: keep boot quick and the host safe
 
@@ -189,9 +221,11 @@ class Kernel:
         else:
             raise KernelError(errno.EINVAL, f"unknown controller {self.config.controller!r}: nvme or ahci")
         self.block.add_disk(disk)
-        capacity = disk.nr_sects * 512
-        self.log.info(f"{disk.name}: {disk.nr_sects} 512-byte logical blocks ({format_size(capacity)})"
-                      if capacity else f"{disk.name}: empty medium")
+        # sd_print_capacity's line: the count is of logical blocks, whatever their size.
+        lbs = disk.queue.limits.logical_block_size
+        blocks = disk.nr_sects * 512 // lbs
+        self.log.info(f"{disk.name}: {blocks} {lbs}-byte logical blocks: ({string_get_size(blocks, lbs, 1000)}/"
+                      f"{string_get_size(blocks, lbs, 1024)})" if blocks else f"{disk.name}: empty medium")
         self._scan_partitions(disk)
 
     def _probe_nvme(self) -> Gendisk:

@@ -58,7 +58,8 @@ class BlockDevice:
             if bio.op.has_data or bio.op in (ReqOp.DISCARD, ReqOp.WRITE_ZEROES):
                 if bio.sector < 0 or bio.end_sector > self.nr_sects:
                     raise KernelError(errno.EIO, f"{self.name}: attempt to access beyond end of device")
-            if bio.op != ReqOp.READ and (self.read_only or self.disk.read_only):
+            # bio_check_ro: an empty FLUSH is not a write, so fsync works on a read-only device.
+            if bio.op != ReqOp.READ and bio.op != ReqOp.FLUSH and (self.read_only or self.disk.read_only):
                 raise KernelError(errno.EROFS, f"{self.name} is read-only")
             bio.sector += self.start_sect
             bio.bdev = self

@@ -27,11 +27,12 @@ from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp, Request
 from rinuxfs.errors import KernelError
 
 if TYPE_CHECKING:
-    from rinuxfs.block.genhd import Gendisk
+    from rinuxfs.block.genhd import BlockDevice, Gendisk
 
 SCHEDULERS = ("none", "mq-deadline")
 BLKDEV_MIN_RQ = 4
-BLKDEV_MAX_RQ = 128
+BLKDEV_DEFAULT_RQ = 128
+MAX_SCHED_RQ = 16 * BLKDEV_DEFAULT_RQ  # block/blk-mq-sched.h
 
 
 class BlockDriver(Protocol):
@@ -70,6 +71,12 @@ class RequestQueue:
         self.limits = limits
         self.scheduler = scheduler
         self.disk: Gendisk | None = None
+        # nr_requests is the block layer's, not the driver's: the tag set's depth, or the elevator's tags.
+        limits.nr_requests = self._default_nr_requests(scheduler)
+
+    def _default_nr_requests(self, scheduler: str) -> int:
+        depth = self.limits.queue_depth
+        return depth if scheduler == "none" else 2 * min(depth, BLKDEV_DEFAULT_RQ)
 
     # --- sysfs queue/ attributes Linux lets root write ----------------------------------------
 
@@ -77,14 +84,20 @@ class RequestQueue:
         name = name.strip()
         if name not in SCHEDULERS:
             raise KernelError(errno.EINVAL, f"unknown I/O scheduler {name!r}")
+        if name == self.scheduler:
+            return
         self.scheduler = name
+        # An elevator brings its own tags: blk_mq_init_sched sizes them at twice the smaller of the
+        # hardware depth and BLKDEV_DEFAULT_RQ; going back to none gives the tag set's depth again.
+        self.limits.nr_requests = self._default_nr_requests(name)
 
     def set_nr_requests(self, value: int) -> None:
-        # queue_requests_store: at least BLKDEV_MIN_RQ; with a scheduler up to BLKDEV_MAX_RQ*… — capped by depth
-        if value < BLKDEV_MIN_RQ:
-            value = BLKDEV_MIN_RQ
-        if value > max(self.limits.queue_depth, BLKDEV_MAX_RQ) * 2:
-            raise KernelError(errno.EINVAL, f"nr_requests {value} exceeds what the hardware queues allow")
+        # queue_requests_store: below BLKDEV_MIN_RQ is raised to it; without an elevator the
+        # hardware tags are the limit, with one its scheduler tags (MAX_SCHED_RQ).
+        value = max(value, BLKDEV_MIN_RQ)
+        limit = self.limits.queue_depth if self.scheduler == "none" else MAX_SCHED_RQ
+        if value > limit:
+            raise KernelError(errno.EINVAL, f"nr_requests {value} is more than {limit} with scheduler {self.scheduler}")
         self.limits.nr_requests = value
 
     def set_max_sectors_kb(self, value: int) -> None:
@@ -165,8 +178,10 @@ class RequestQueue:
             for target in targets:
                 target.stats.done(group, sectors, elapsed)
 
-    def _stat_targets(self, req: Request) -> list:  # type: ignore[type-arg]
+    def _stat_targets(self, req: Request) -> list[BlockDevice]:
         if self.disk is None:
             return []
         part = req.bios[0].bdev
+        if req.op == ReqOp.FLUSH:  # blk_account_io_flush counts flushes on the whole disk (part0) only
+            return [self.disk.whole]
         return [self.disk.whole] if part is None or part is self.disk.whole else [self.disk.whole, part]

@@ -55,7 +55,8 @@ class IoStats:
         return [
             self.ios[READ], self.merges[READ], self.sectors[READ], ms[READ],
             self.ios[WRITE], self.merges[WRITE], self.sectors[WRITE], ms[WRITE],
-            in_flight, self.io_ticks_ms(), sum(ms),
+            # time_in_queue sums the nanoseconds before converting, as diskstats_show does
+            in_flight, self.io_ticks_ms(), sum(self.nsecs) // 1_000_000,
             self.ios[DISCARD], self.merges[DISCARD], self.sectors[DISCARD], ms[DISCARD],
             self.ios[FLUSH], ms[FLUSH],
         ]

@@ -264,8 +264,12 @@ class NvmeDriver:
             write_zeroes_max_bytes=(0x10000 * lbs) if self.oncs & 0x8 else 0, queue_depth=IO_DEPTH - 1,
         )
         nsectors = self.nsze * lbs >> SECTOR_SHIFT
-        disk = Gendisk(f"{self.name}n1", BLOCK_EXT_MAJOR, registry.next_ext_minor(), 1, nsectors,
-                       RequestQueue(self, limits), model=str(self.id_ctrl["model"]),
+        # elevator_get_default: mq-deadline only for a single hardware queue; several queues go without.
+        scheduler = "mq-deadline" if len(self.queues) - 1 == 1 else "none"
+        # minors 0: NVMe asks for no static minors, so the disk and all its partitions take dynamic
+        # minors of BLOCK_EXT_MAJOR (and sysfs `range` shows 0, as on Linux).
+        disk = Gendisk(f"{self.name}n1", BLOCK_EXT_MAJOR, registry.next_ext_minor(), 0, nsectors,
+                       RequestQueue(self, limits, scheduler), model=str(self.id_ctrl["model"]),
                        serial=str(self.id_ctrl["serial"]), firmware=str(self.id_ctrl["firmware"]),
                        transport="nvme", read_only=self.read_only)
         return disk

@@ -125,12 +125,15 @@ class BlockDeviceFile(OpenFile):
     def _direct(self, op: ReqOp, offset: int, size: int, data: bytes = b"") -> bytes:
         """O_DIRECT: aligned I/O through bounce frames, after writing back and dropping cached pages."""
         node = self.inode
-        lbs = node.bdev.disk.queue.limits.logical_block_size
-        if offset % lbs or size % lbs:
-            raise KernelError(errno.EINVAL, f"O_DIRECT I/O must be aligned to {lbs} bytes")
+        # blkdev_read_iter/blkdev_write_iter cut the request at the end of the device before
+        # blkdev_direct_IO checks alignment: a read at or past the end is 0 bytes, and a tail
+        # that sticks out (even by an unaligned length) is dropped first.
         size = max(0, min(size, node.size - offset))
         if not size:
             return b""
+        lbs = node.bdev.disk.queue.limits.logical_block_size
+        if offset % lbs or size % lbs:
+            raise KernelError(errno.EINVAL, f"O_DIRECT I/O must be aligned to {lbs} bytes")
         node.mapping.invalidate()
         npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
         pfns = node.mm.alloc_pages(npages)

@@ -12,21 +12,53 @@ that `lsblk --sysroot` walks it as it walks a real /sys:
 
 from __future__ import annotations
 
+import errno
 import posixpath
 from collections.abc import Callable
 
 from rinuxfs.block.genhd import BlockDevice, Gendisk
+from rinuxfs.block.partitions import DISK_MAX_PARTS
 from rinuxfs.block.queue import SCHEDULERS
+from rinuxfs.errors import KernelError
 from rinuxfs.fs.kernfs import GenDir
-from rinuxfs.fs.sysfs import attr, parse_uint
+from rinuxfs.fs.sysfs import attr
 
 DISK_CAPABILITY = 0x0  # GENHD_FL_* of a modern disk: nothing the old flags say (removable media, …)
+
+
+def queue_var_store(text: str) -> int:
+    """blk-sysfs.c queue_var_store: kstrtoul base 10 (an optional '+', one trailing newline), at most UINT_MAX.
+
+    Every failure, overflow included, is EINVAL there; "0x10" is not a number in base 10.
+    """
+    body = text[:-1] if text.endswith("\n") else text
+    digits = body[1:] if body.startswith("+") else body
+    if not digits.isascii() or not digits.isdigit() or int(digits) > 0xFFFFFFFF:
+        raise KernelError(errno.EINVAL, f"not a number for a queue attribute: {text!r}")
+    return int(digits)
+
+
+def kernfs_target_path(directory: str, target: str) -> str:
+    """kernfs_get_target_path: the text of a symlink in /sys/`directory` that points to /sys/`target`.
+
+    It climbs from the link's directory to the first ancestor of the target's parent, then
+    names the way down, so a link to an ancestor still ends in that ancestor's name:
+    /sys/block/sda/device is "../../../0:0:0:0", never "../.." (lsblk takes HCTL and the
+    SCSI host, hence TRAN, from that last component).
+    """
+    base = [c for c in directory.split("/") if c]
+    dest = [c for c in target.split("/") if c]
+    ups = 0
+    while base and dest[:-1][:len(base)] != base:
+        base.pop()
+        ups += 1
+    return "../" * ups + "/".join(dest[len(base):])
 
 
 def link(root: GenDir, at: str, target: str) -> None:
     """A symlink at /sys/`at` pointing to /sys/`target`, written relative as sysfs does."""
     directory, name = posixpath.split(at)
-    root.path(directory).add_symlink(name, posixpath.relpath(target, directory or "."))
+    root.path(directory).add_symlink(name, kernfs_target_path(directory, target))
 
 
 def add_disk(root: GenDir, disk: Gendisk, disk_dir: str, device_dir: str | None) -> None:
@@ -34,7 +66,7 @@ def add_disk(root: GenDir, disk: Gendisk, disk_dir: str, device_dir: str | None)
     d = root.path(disk_dir)
     _device_attrs(d, disk.whole)
     attr(d, "range", lambda: f"{disk.minors}\n")
-    attr(d, "ext_range", lambda: f"{max(disk.minors, 256)}\n")
+    attr(d, "ext_range", lambda: f"{DISK_MAX_PARTS}\n")  # disk_ext_range_show: every disk here can be partitioned
     attr(d, "removable", lambda: f"{int(disk.removable)}\n")
     attr(d, "hidden", lambda: "0\n")
     attr(d, "capability", lambda: f"{DISK_CAPABILITY:x}\n")
@@ -121,7 +153,7 @@ def _queue_dir(q: GenDir, disk: Gendisk) -> None:
     attr(q, "write_cache", lambda: f"{limits.write_cache}\n")
     attr(q, "scheduler", lambda: " ".join(f"[{s}]" if s == queue.scheduler else s for s in SCHEDULERS) + "\n",
          queue.set_scheduler)
-    attr(q, "nr_requests", show("nr_requests"), lambda v: queue.set_nr_requests(parse_uint(v)))
-    attr(q, "read_ahead_kb", show("read_ahead_kb"), lambda v: queue.set_read_ahead_kb(parse_uint(v)))
-    attr(q, "max_sectors_kb", show("max_sectors_kb"), lambda v: queue.set_max_sectors_kb(parse_uint(v)))
+    attr(q, "nr_requests", show("nr_requests"), lambda v: queue.set_nr_requests(queue_var_store(v)))
+    attr(q, "read_ahead_kb", show("read_ahead_kb"), lambda v: queue.set_read_ahead_kb(queue_var_store(v)))
+    attr(q, "max_sectors_kb", show("max_sectors_kb"), lambda v: queue.set_max_sectors_kb(queue_var_store(v)))
     attr(q, "discard_max_bytes", show("discard_max_bytes"))

@@ -4,9 +4,11 @@ Contract (the address_space of a bdev inode; what `Buffers` counts in meminfo):
 - `read(offset, size)` brings the pages it covers into the cache with read
   bios whose segments are the cache's own frames (DMA straight into them),
   one bio per run of missing pages, all submitted as one batch; then copies out.
+  Readahead past the request is best effort: short of memory, it shortens.
 - `write(offset, data)` updates cached pages, first reading a page the write
   covers only in part; the pages become dirty. Nothing reaches the disk until
-  `writeback()` (fsync, release of the last open file, unmount, or reclaim).
+  `writeback()` (fsync, release of the last open file, unmount, reclaim, or a
+  writer pushing the dirty pages past vm.dirty_ratio of dirtyable memory).
 - `writeback()` writes dirty pages as one bio per run of consecutive dirty
   pages, submitted as a batch so the queue merges what is adjacent.
 - `shrink(n)` drops up to n clean pages, oldest first, and returns how many.
@@ -26,6 +28,7 @@ from rinuxfs.mm.core import MemoryManager
 
 _PAGE_MASK = PAGE_SIZE - 1
 BDEV_PAGE_ITEMS = ("nr_blockdev_pages", "nr_file_pages", "nr_inactive_file")
+VM_DIRTY_RATIO = 20  # /proc/sys/vm/dirty_ratio's default: percent of dirtyable memory a writer may dirty
 
 
 class BlockDeviceMapping:
@@ -58,6 +61,21 @@ class BlockDeviceMapping:
                 return
             self._read_pages(missing)
         raise KernelError(errno.ENOMEM, "block device cache: memory too short to hold one request")
+
+    def _readahead(self, first: int, last: int, ra_last: int) -> None:
+        """Read pages first..last and, in the same batch, ahead of need up to ra_last, as memory allows.
+
+        Readahead allocates with __GFP_NORETRY and stops at the first failure
+        (page_cache_ra_unbounded): it may shorten, never fail the read it rides
+        on. So the window takes at most half of the free frames, and on ENOMEM
+        the caller reads just what was asked for.
+        """
+        ra_last = min(ra_last, first + max(last - first + 1, self.mm.allocator.nr_free_pages // 2) - 1)
+        try:
+            self._populate(first, ra_last)
+        except KernelError as e:
+            if e.errno != errno.ENOMEM:
+                raise
 
     def _read_pages(self, missing: list[int]) -> None:
         pfns = self.mm.alloc_pages(len(missing))
@@ -101,7 +119,9 @@ class BlockDeviceMapping:
             return b""
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         ra_last = min((end - 1 + readahead) >> PAGE_SHIFT, (self.size - 1) >> PAGE_SHIFT)
-        self._populate(first, ra_last if readahead else last)
+        if ra_last > last:
+            self._readahead(first, last, ra_last)
+        self._populate(first, last)  # a no-op unless there was no readahead or reclaim took pages back
         ram = self.mm.ram.view
         parts = []
         pos, i = offset, first
@@ -126,18 +146,24 @@ class BlockDeviceMapping:
         if offset >= end:
             return 0
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+        self._balance_dirty_pages(last - first + 1)
         # Pages written only in part must hold the device's bytes around the write.
         partial = {first} if offset & _PAGE_MASK else set()
         if end & _PAGE_MASK and end != self.size:
             partial.add(last)
-        for index in sorted(partial):
-            self._populate(index, index)
-        full = [i for i in range(first, last + 1) if i not in self.pages]
-        if full:
-            pfns = self.mm.alloc_pages(len(full))
-            for index, pfn in zip(full, pfns, strict=True):
-                self.pages[index] = pfn
-            self.mm.account(BDEV_PAGE_ITEMS, len(full))
+        for _ in range(8):  # until reclaim set off by our own allocations leaves every page in place
+            for index in sorted(partial):
+                self._populate(index, index)
+            full = [i for i in range(first, last + 1) if i not in self.pages and i not in partial]
+            if full:
+                pfns = self.mm.alloc_pages(len(full))
+                for index, pfn in zip(full, pfns, strict=True):
+                    self.pages[index] = pfn
+                self.mm.account(BDEV_PAGE_ITEMS, len(full))
+            if all(i in self.pages for i in range(first, last + 1)):
+                break
+        else:
+            raise KernelError(errno.ENOMEM, "block device cache: memory too short to hold one write")
         ram = self.mm.ram.view
         pos, done = offset, 0
         for i in range(first, last + 1):
@@ -152,6 +178,18 @@ class BlockDeviceMapping:
                 self.dirty.add(i)
                 self.mm.account(("nr_dirty",), 1)
         return done
+
+    def _balance_dirty_pages(self, incoming: int) -> None:
+        """balance_dirty_pages: past vm.dirty_ratio of dirtyable memory, the writer cleans its own pages first.
+
+        Dirty pages cannot be reclaimed, so without this a write stream larger
+        than RAM (dd onto a big device) would end in ENOMEM where Linux throttles
+        the writer and lets writeback catch up.
+        """
+        node = self.mm.node
+        dirtyable = self.mm.allocator.nr_free_pages + node["nr_blockdev_pages"]
+        if self.dirty and node["nr_dirty"] + incoming > dirtyable * VM_DIRTY_RATIO // 100:
+            self.writeback()
 
     def writeback(self) -> None:
         if not self.dirty:

@@ -1,0 +1,958 @@
+"""The AHCI host driver (drivers/ata/{ahci,libahci,libata-*}.c and sd), over the AHCI HBA model.
+
+Contract
+--------
+- `probe_ahci(kernel)` builds the HBA over the kernel's RAM and disk image, wires its interrupt
+  through the kernel's IrqChip, probes, and returns (Gendisk, driver).
+- `AhciDriver.probe(registry)` does what ahci_init_one and libata's EH do at boot:
+  ahci_reset_controller (AE, HR, poll HR = 0), ahci_port_init (stop the engine and FIS receive,
+  clear PxSERR, PxIS and IS), GHC.IE, one port memory area from the page allocator (command list,
+  received-FIS area, 32 command tables: ahci_port_start), ahci_start_fis_rx (FRE, FR),
+  ahci_start_engine (ST, CR), a COMRESET (sata_link_hardreset) and the classification by PxSIG,
+  PxIE (thaw), IDENTIFY DEVICE, SET FEATURES (transfer mode). It then registers the SCSI disk:
+  sda (major 8, 16 minors, from `registry.sd_name_and_devt()`), transport "sata", with queue
+  limits taken from IDENTIFY (sector sizes, rotation, write cache, TRIM, NCQ depth).
+- `execute(req)` runs one block request synchronously: READ/WRITE become READ/WRITE FPDMA QUEUED
+  (NCQ; PxSACT then PxCI) or READ/WRITE DMA (EXT) without NCQ, with a PRDT built from the
+  request's RAM segments; FLUSH becomes FLUSH CACHE EXT; DISCARD becomes DATA SET MANAGEMENT/TRIM;
+  WRITE_ZEROES becomes TRIM only if the disk reads zeros after TRIM. The doorbell write runs the
+  HBA; its interrupt handler (`_interrupt`) reaps the finished tags before the write returns.
+  A request larger than one command allows (PRDT room, 65535 sectors, 64 TRIM ranges per block)
+  is cut into several commands, issued together under separate NCQ tags.
+- A failed command goes through the libahci recovery (`_error_handler`: stop the engine, clear
+  PxSERR/PxIS, COMRESET if the device stays busy, restart; for NCQ read log 10h) and raises
+  `AtaError`, whose constructor is the one place where ATA status and error become an errno.
+- `add_sysfs(root, disk)` builds the PCI function, the ata1 port, scsi host0, target0:0:0 and
+  the SCSI device 0:0:0:0 that lsblk reads for TRAN=sata and HCTL, and returns the disk's
+  directory (…/0:0:0:0/block/sda) and its device's (…/0:0:0:0).
+
+One caller at a time: the driver and the model are not thread-safe, which the synchronous block
+layer guarantees. All DMA memory is one block of frames owned by the driver for the kernel's life.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from operator import itemgetter
+
+from rinuxfs import __version__
+from rinuxfs.block.bio import SECTOR_SHIFT, ReqOp, Request
+from rinuxfs.block.genhd import BlockRegistry, Gendisk
+from rinuxfs.block.queue import QueueLimits, RequestQueue
+from rinuxfs.errors import KernelError
+from rinuxfs.fs.kernfs import GenDir
+from rinuxfs.fs.sysfs import attr
+from rinuxfs.fs.sysfs_block import link
+from rinuxfs.hw import ahci_layouts as L
+from rinuxfs.hw import ata
+from rinuxfs.hw.ahci import AhciHba
+from rinuxfs.hw.irq import IrqChip
+from rinuxfs.hw.mmio import Bar
+from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
+from rinuxfs.kernel import Kernel, _serial, string_get_size
+from rinuxfs.mm.core import MemoryManager
+from rinuxfs.printk import KernelLog
+
+# The PCI function: QEMU's ICH9 AHCI (q35), where Linux finds it.
+AHCI_PCI_ADDRESS = "0000:00:1f.2"
+PCI_VENDOR_INTEL, PCI_DEVICE_ICH9_AHCI = 0x8086, 0x2922
+PCI_CLASS_SATA_AHCI = 0x010601
+MSI_HWIRQ = (0x1F << 3 | 2) << 11  # pci_msi_domain_calc_hwirq: devfn 00:1f.2 → "512000-edge"
+ABAR_PHYS = 0xFEBD5000  # where the BIOS put ABAR; only the boot log shows it
+ABAR_LEN = 2048
+
+MODEL = "rinuxfs SATA SSD"  # 16 characters: the whole name fits SCSI INQUIRY's product field
+FIRMWARE = ".".join(__version__.split(".")[:2])  # 4 characters or fewer: INQUIRY's revision is the same
+
+# Port memory (ahci_port_start): command list, received FIS, then the command tables, one block.
+PORT = L.PORT_BASE  # port 0: the model implements one
+CMD_LIST_OFFSET = 0  # 1 KiB aligned
+RX_FIS_OFFSET = 0x400  # 256 B aligned
+CMD_TABLE_SIZE = 2 * PAGE_SIZE  # 128 B header + 504 PRDs (Linux's AHCI_MAX_SG is 168)
+PRDS_PER_TABLE = (CMD_TABLE_SIZE - L.CT_PRDT_OFFSET) // L.PRD_SIZE
+TABLES_OFFSET = PAGE_SIZE
+SCRATCH_OFFSET = TABLES_OFFSET + L.NR_SLOTS * CMD_TABLE_SIZE  # IDENTIFY, log pages, TRIM ranges: one page
+PORT_MEM_PAGES = (SCRATCH_OFFSET + PAGE_SIZE) // PAGE_SIZE
+
+_length = itemgetter(1)  # of an (address, length) segment or PRD
+
+INTERNAL_TAG = L.NR_SLOTS - 1  # non-NCQ commands use the last slot; NCQ tags are 0..30 (libata's depth 31)
+NCQ_TAGS = L.NR_SLOTS - 1
+PRD_MAX_BYTES = L.PRD_DBC_MASK + 1  # 4 MiB per PRD
+MAX_SECTORS_LBA48 = 65535  # ATA_MAX_SECTORS_LBA48: libata never uses the count-0-means-65536 encoding
+MAX_SECTORS_LBA28 = 256
+DEFAULT_MAX_SECTORS_KB = 1280  # BLK_DEF_MAX_SECTORS_CAP, what sd starts with
+TRIM_RANGE_MAX = 0xFFFF  # sectors per DSM range entry
+TRIM_RANGES_PER_CMD = ata.DSM_RANGES_PER_BLOCK  # libata sends one 512-byte block (ATA_MAX_TRIM_RNUM)
+
+# ahci.h DEF_PORT_IRQ and PORT_IRQ_ERROR: what the port interrupts on, and which bits mean trouble.
+DEF_PORT_IRQ = (L.PxIS_TFES | L.PxIS_HBFS | L.PxIS_HBDS | L.PxIS_IFS | L.PxIS_PRCS | L.PxIS_PCS | L.PxIS_UFS
+                | L.PxIS_OFS | L.PxIS_INFS | L.PxIS_DPS | L.PxIS_SDBS | L.PxIS_DSS | L.PxIS_PSS | L.PxIS_DHRS)
+PORT_IRQ_ERROR = (L.PxIS_TFES | L.PxIS_HBFS | L.PxIS_HBDS | L.PxIS_IFS | L.PxIS_PRCS | L.PxIS_PCS | L.PxIS_UFS
+                  | L.PxIS_OFS | L.PxIS_INFS)
+SCTL_NO_PARTIAL_SLUMBER = 0x300  # IPM = 3: what libata writes to SControl
+XFER_UDMA_6 = 0x46  # SET FEATURES 03h count: UDMA mode 6 (UDMA/133)
+WAIT_TRIES = 100  # register polls; the model settles at once, a real HBA within ata_wait_register's timeout
+
+# ata_eh_link_report's decodes of the status and error registers, highest bit first
+_STATUS_NAMES = ((ata.ATA_BSY, "Busy"), (ata.ATA_DRDY, "DRDY"), (ata.ATA_DF, "DF"), (ata.ATA_DRQ, "DRQ"),
+                 (ata.ATA_ERR, "ERR"))
+_ERROR_NAMES = ((0x80, "ICRC"), (ata.ATA_UNC, "UNC"), (0x20, "MC"), (ata.ATA_IDNF, "IDNF"), (0x08, "MCR"),
+                (ata.ATA_ABRT, "ABRT"))
+
+
+class AtaError(KernelError):
+    """A failed ATA command, with the errno Linux returns for it: the only place ATA status becomes errno.
+
+    libata turns the task file into SCSI sense (ata_to_sense_error) and sd/blk into an errno:
+    IDNF → ILLEGAL REQUEST/21h (LBA out of range), UNC → MEDIUM ERROR/11h, ABRT → ABORTED COMMAND,
+    and each of those ends as BLK_STS_IOERR → EIO. ATA has no write-protect bit, so an ABRT of a
+    write while the medium is read-only is taken as the write protection (SCSI DATA PROTECT) and
+    becomes EROFS. Host bus errors and timeouts are EIO too.
+    """
+
+    def __init__(self, what: str, status: int, error: int, *, write: bool = False, write_protected: bool = False,
+                 reason: str = "") -> None:
+        if write and write_protected and error & ata.ATA_ABRT and not error & ata.ATA_IDNF:
+            err = errno.EROFS
+        else:
+            err = errno.EIO
+        detail = reason or f"status {{ {_decode(status, _STATUS_NAMES)} }} error {{ {_decode(error, _ERROR_NAMES)} }}"
+        super().__init__(err, f"ata1.00: {what} failed: {detail}")
+        self.status = status
+        self.error = error
+
+
+def _decode(value: int, names: tuple[tuple[int, str], ...]) -> str:
+    return " ".join(name for bit, name in names if value & bit)
+
+
+@dataclass(slots=True)
+class _AtaCommand:
+    """One ATA command as libata's taskfile holds it (struct ata_taskfile), before it gets a slot."""
+
+    name: str
+    command: int
+    lba: int = 0
+    count: int = 0  # 16 bits; for NCQ the tag goes here and the sector count in `features`
+    features: int = 0
+    device: int = 0x40  # LBA mode
+    prds: Sequence[tuple[int, int]] = ()
+    write: bool = False  # data moves host → device (command header W bit)
+    ncq: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DiskIdentity:
+    """What libata takes from IDENTIFY DEVICE (ata_dev_configure)."""
+
+    model: str
+    serial: str
+    firmware: str
+    sectors: int  # in logical blocks
+    lba48: bool
+    logical_block_size: int
+    physical_block_size: int
+    ncq_depth: int  # 0 without NCQ
+    trim: bool
+    zero_after_trim: bool
+    rotational: bool
+    write_cache: bool
+    flush_ext: bool
+    max_multiple: int
+    major_version: int
+    max_dsm_blocks: int
+
+    @classmethod
+    def parse(cls, page: bytes) -> DiskIdentity:
+        ident = ata.IdentifyDevice.parse(page)
+        lba48 = bool(ident.command_set_2 & (1 << 10))
+        sectors = ident.lba48_capacity if lba48 else ident.lba28_capacity
+        logical = 512
+        physical = 512
+        word106 = ident.sector_size
+        if word106 & 0xC000 == 0x4000:  # the word is valid
+            if word106 & (1 << 12):  # words 117-118 give the logical sector size in words
+                logical = ident.logical_sector_words * 2
+            if word106 & (1 << 13):  # 2^(bits 3:0) logical sectors per physical sector
+                physical = logical << (word106 & 0xF)
+        ncq = bool(ident.sata_capabilities & (1 << 8)) and ident.sata_capabilities not in (0, 0xFFFF)
+        major = ident.major_version
+        major_version = max((v for v in range(1, 15) if major & (1 << v)), default=0) if major != 0xFFFF else 0
+        return cls(
+            model=ident.model_number, serial=ident.serial_number, firmware=ident.firmware_revision,
+            sectors=sectors, lba48=lba48, logical_block_size=logical, physical_block_size=max(physical, logical),
+            ncq_depth=(ident.queue_depth & 0x1F) + 1 if ncq else 0,
+            trim=bool(ident.dsm_support & ata.DSM_TRIM),
+            # ata_id_has_zero_after_trim: deterministic read after TRIM (69.14) and zeros (69.5)
+            zero_after_trim=ident.additional_supported & 0x4020 == 0x4020,
+            rotational=ident.rotation_rate != 1,
+            write_cache=bool(ident.cfs_enable_1 & (1 << 5)),
+            flush_ext=bool(ident.command_set_2 & (1 << 13)),
+            max_multiple=ident.max_multiple & 0xFF,
+            major_version=major_version,
+            max_dsm_blocks=ident.max_dsm_blocks or 1,
+        )
+
+
+class AhciDriver:
+    """The ahci driver for one HBA with one SATA disk on port 0 (ata1, scsi host0, sd 0:0:0:0)."""
+
+    host_no = 0
+    ata_port = 1
+
+    def __init__(self, hba: AhciHba, mm: MemoryManager, irqs: IrqChip, log: KernelLog, *,
+                 read_only: bool = False) -> None:
+        self.hba = hba
+        self.bar = Bar(hba)
+        self.mm = mm
+        self.irqs = irqs
+        self.log = log
+        self.read_only = read_only
+        self.irq = 0
+        self.mem = 0  # physical address of the port memory block
+        self.identity: DiskIdentity | None = None
+        self.id_page = b""  # the last IDENTIFY DEVICE data, as sysfs `id` shows it
+        self.ncq = False
+        self.depth = 1  # host queue depth: NCQ tags in use, or 1
+        self.disk: Gendisk | None = None
+        self.counts: Counter[str] = Counter()  # ATA commands issued, by name (tests and sysfs iorequest_cnt)
+        self.errors = 0
+        self._next_tag = 0
+        self._active = 0  # non-NCQ slots issued, not yet seen complete
+        self._ncq_active = 0  # NCQ tags issued, not yet seen complete
+        self._irq_error = 0  # PxIS error bits the handler saw; the error handler takes them
+        self._sctl = SCTL_NO_PARTIAL_SLUMBER
+
+    # --- registers --------------------------------------------------------------------------
+
+    def _readl(self, offset: int) -> int:
+        return self.bar.readl(offset)
+
+    def _writel(self, offset: int, value: int) -> None:
+        self.bar.writel(offset, value)
+
+    def _wait(self, offset: int, mask: int, want: int, what: str) -> int:
+        """ata_wait_register: poll until (reg & mask) == want; ENODEV/EIO naming `what` if it never does."""
+        value = self._readl(offset)
+        for _ in range(WAIT_TRIES):
+            if value & mask == want:
+                return value
+            value = self._readl(offset)
+        if value & mask == want:
+            return value
+        raise KernelError(errno.EIO, f"ahci {AHCI_PCI_ADDRESS}: {what} (register {offset:#x} = {value:#x})")
+
+    # --- probe ------------------------------------------------------------------------------
+
+    def probe(self, registry: BlockRegistry) -> Gendisk:
+        cap = self._readl(L.CAP)
+        self._reset_controller()
+        self._print_info(cap)
+        self._port_init()
+        self._writel(L.GHC, self._readl(L.GHC) | L.GHC_IE)
+        self.irq = self.irqs.request_irq("PCI-MSI", MSI_HWIRQ, f"ahci[{AHCI_PCI_ADDRESS}]", 0, self._interrupt)
+        self.log.info(f"scsi host{self.host_no}: ahci")
+        self.log.info(f"ata{self.ata_port}: SATA max UDMA/133 abar m{ABAR_LEN}@{ABAR_PHYS:#x} port "
+                      f"{ABAR_PHYS + PORT:#x} irq {self.irq}")
+        self._port_start()
+        self._hardreset()
+        sig = self._readl(PORT + L.PxSIG)
+        if sig != L.SIG_ATA:  # ahci_dev_classify: 0x101 is an ATA disk, 0xEB140101 ATAPI, else nothing
+            raise KernelError(errno.ENODEV, f"ata{self.ata_port}: no ATA disk on the port (signature {sig:#010x})")
+        self._thaw()
+        ident = self._identify()
+        self._configure(ident, cap)
+        self._set_xfer_mode()
+        return self._gendisk(registry, ident)
+
+    def _reset_controller(self) -> None:
+        """ahci_reset_controller: AHCI mode first (HR is AHCI-specific), then HR until it reads 0."""
+        self._writel(L.GHC, self._readl(L.GHC) | L.GHC_AE)
+        ghc = self._readl(L.GHC)
+        if not ghc & L.GHC_HR:
+            self._writel(L.GHC, ghc | L.GHC_HR)
+        try:
+            self._wait(L.GHC, L.GHC_HR, 0, "controller reset failed")
+        except KernelError as e:
+            raise KernelError(errno.ENODEV, str(e.args[0])) from None
+        self._writel(L.GHC, self._readl(L.GHC) | L.GHC_AE)
+
+    def _print_info(self, cap: int) -> None:
+        """ahci_print_info: version, slots, ports, speed, implemented ports, mode, flags."""
+        vs = self._readl(L.VS)
+        pi = self._readl(L.PI)
+        speed = {1: "1.5", 2: "3", 3: "6"}.get((cap >> L.CAP_ISS_SHIFT) & 0xF, "?")
+        slots = ((cap >> L.CAP_NCS_SHIFT) & 0x1F) + 1
+        ports = (cap & 0x1F) + 1
+        mode = "SATA" if cap & L.CAP_SAM else "IDE"
+        version = f"{vs >> 24 & 0xFF:02x}{vs >> 16 & 0xFF:02x}.{vs >> 8 & 0xFF:02x}{vs & 0xFF:02x}"
+        self.log.info(f"ahci {AHCI_PCI_ADDRESS}: version 3.0")
+        self.log.info(f"ahci {AHCI_PCI_ADDRESS}: AHCI {version} {slots} slots {ports} ports {speed} Gbps "
+                      f"{pi:#x} impl {mode} mode")
+        flags = [name for bit, name in ((L.CAP_S64A, "64bit"), (L.CAP_SNCQ, "ncq"), (L.CAP_SAM, "only"))
+                 if cap & bit]
+        self.log.info(f"ahci {AHCI_PCI_ADDRESS}: flags: {' '.join(flags)}")
+
+    def _port_init(self) -> None:
+        """ahci_port_init: the port idle (engine and FIS receive off), old errors and interrupts cleared."""
+        self._stop_engine()
+        cmd = self._readl(PORT + L.PxCMD)
+        if cmd & L.PxCMD_FRE:
+            self._writel(PORT + L.PxCMD, cmd & ~L.PxCMD_FRE)
+            self._wait(PORT + L.PxCMD, L.PxCMD_FR, 0, "FIS receive did not stop")
+        self._clear_errors()
+
+    def _clear_errors(self) -> None:
+        """PxSERR and PxIS are write-1-to-clear: writing back what they read clears exactly that."""
+        self._writel(PORT + L.PxSERR, self._readl(PORT + L.PxSERR))
+        self._writel(PORT + L.PxIS, self._readl(PORT + L.PxIS))
+        self._writel(L.IS, 1 << 0)
+
+    def _port_start(self) -> None:
+        """ahci_port_start + ahci_start_fis_rx: one zeroed DMA block, its addresses in CLB/FB, then FRE."""
+        pfns = self.mm.alloc_pages(PORT_MEM_PAGES)
+        if pfns != list(range(pfns[0], pfns[0] + PORT_MEM_PAGES)):
+            self.mm.free_pages(pfns)
+            raise KernelError(errno.ENOMEM, f"ata{self.ata_port}: no {PORT_MEM_PAGES} contiguous pages for the port")
+        self.mem = pfns[0] << PAGE_SHIFT
+        size = PORT_MEM_PAGES << PAGE_SHIFT
+        self.mm.ram.view[self.mem : self.mem + size] = bytes(size)
+        clb, fb = self.mem + CMD_LIST_OFFSET, self.mem + RX_FIS_OFFSET
+        self._writel(PORT + L.PxCLBU, clb >> 32)
+        self._writel(PORT + L.PxCLB, clb & 0xFFFFFFFF)
+        self._writel(PORT + L.PxFBU, fb >> 32)
+        self._writel(PORT + L.PxFB, fb & 0xFFFFFFFF)
+        self._writel(PORT + L.PxCMD, self._readl(PORT + L.PxCMD) | L.PxCMD_FRE)
+        self._wait(PORT + L.PxCMD, L.PxCMD_FR, L.PxCMD_FR, "FIS receive did not start")
+        self._start_engine()
+
+    def _start_engine(self) -> None:
+        """ahci_start_engine: ST, and the HBA answers with CR."""
+        self._writel(PORT + L.PxCMD, self._readl(PORT + L.PxCMD) | L.PxCMD_ST)
+        self._wait(PORT + L.PxCMD, L.PxCMD_CR, L.PxCMD_CR, "command engine did not start")
+
+    def _stop_engine(self) -> None:
+        """ahci_stop_engine: clear ST, wait for CR to drop (the HBA forgets PxCI and PxSACT)."""
+        cmd = self._readl(PORT + L.PxCMD)
+        if cmd & (L.PxCMD_ST | L.PxCMD_CR):
+            self._writel(PORT + L.PxCMD, cmd & ~L.PxCMD_ST)
+            self._wait(PORT + L.PxCMD, L.PxCMD_CR, 0, "command engine did not stop")
+        self._active = self._ncq_active = 0
+
+    def _hardreset(self) -> None:
+        """ahci_hardreset: COMRESET through SControl with the engine stopped, then wait for the signature."""
+        self._stop_engine()
+        # As ahci_hardreset does: mark the D2H area busy, so a stale FIS cannot pass for the new signature.
+        self.mm.ram.view[self.mem + RX_FIS_OFFSET + L.RX_FIS_D2H + 2] = ata.ATA_BSY
+        self._writel(PORT + L.PxSCTL, self._sctl | L.SCTL_DET_COMRESET)
+        self._writel(PORT + L.PxSCTL, self._sctl)
+        ssts = self._readl(PORT + L.PxSSTS)
+        if ssts & 0xF != 3:  # DET 3: device present, phy communication established
+            self.log.info(f"ata{self.ata_port}: SATA link down (SStatus {ssts:x} SControl {self._sctl:x})")
+            raise KernelError(errno.ENODEV, f"ata{self.ata_port}: SATA link down")
+        speed = {1: "1.5", 2: "3.0", 3: "6.0"}.get((ssts >> 4) & 0xF, "?")
+        self.log.info(f"ata{self.ata_port}: SATA link up {speed} Gbps (SStatus {ssts:x} SControl {self._sctl:x})")
+        self._writel(PORT + L.PxSERR, self._readl(PORT + L.PxSERR))  # ata_std_postreset: the reset's own SError
+        self._start_engine()
+        self._wait(PORT + L.PxTFD, ata.ATA_BSY | ata.ATA_DRQ, 0, "device stayed busy after COMRESET")
+
+    def _freeze(self) -> None:
+        """ahci_freeze: mask the port's interrupts while EH resets it (a COMRESET raises PhyRdy changes)."""
+        self._writel(PORT + L.PxIE, 0)
+
+    def _thaw(self) -> None:
+        """ahci_thaw: clear what the reset left in PxIS and IS, then unmask the port's interrupts."""
+        self._clear_errors()
+        self._irq_error = 0
+        self._writel(PORT + L.PxIE, DEF_PORT_IRQ)
+
+    def _identify(self) -> DiskIdentity:
+        """IDENTIFY DEVICE (PIO data-in, 512 bytes) into the scratch page; the page is checked and parsed."""
+        page = self._internal(_AtaCommand("IDENTIFY DEVICE", ata.ATA_CMD_ID_ATA, device=0), 512)
+        if page[510] == 0xA5 and sum(page) & 0xFF:
+            self.log.warn(f"ata{self.ata_port}.00: IDENTIFY checksum mismatch")
+        ident = DiskIdentity.parse(page)
+        self.id_page = page
+        if self.identity is not None and ident.serial != self.identity.serial:
+            raise KernelError(errno.ENODEV, f"ata{self.ata_port}.00: a different disk after reset")
+        self.identity = ident
+        return ident
+
+    def _configure(self, ident: DiskIdentity, cap: int) -> None:
+        """ata_dev_configure: NCQ if both ends do it, and the lines libata prints about the disk."""
+        host_slots = ((cap >> L.CAP_NCS_SHIFT) & 0x1F) + 1
+        self.ncq = bool(cap & L.CAP_SNCQ) and ident.ncq_depth > 1
+        self.depth = min(ident.ncq_depth, host_slots - 1, NCQ_TAGS) if self.ncq else 1
+        dev = f"ata{self.ata_port}.00"
+        self.log.info(f"{dev}: ATA-{ident.major_version}: {ident.model}, {ident.firmware}, max UDMA/133")
+        if self.ncq:
+            ncq = (f"NCQ (depth {self.depth}/{ident.ncq_depth})" if self.depth < ident.ncq_depth
+                   else f"NCQ (depth {ident.ncq_depth})")
+        else:
+            ncq = "NCQ (not used)" if ident.ncq_depth else ""
+        lba = "LBA48" if ident.lba48 else "LBA"
+        self.log.info(f"{dev}: {ident.sectors} sectors, multi {ident.max_multiple}: {lba} {ncq}".rstrip())
+
+    def _set_xfer_mode(self) -> None:
+        """ata_dev_set_mode: SET FEATURES, transfer mode, UDMA/133 (the link is SATA, the mode is nominal)."""
+        self._internal(_AtaCommand("SET FEATURES", ata.ATA_CMD_SET_FEATURES, count=XFER_UDMA_6,
+                                   features=ata.SETFEATURES_XFER, device=0))
+        self.log.info(f"ata{self.ata_port}.00: configured for UDMA/133")
+
+    # --- the block device -------------------------------------------------------------------
+
+    def _limits(self, ident: DiskIdentity) -> QueueLimits:
+        lbs = ident.logical_block_size
+        trim_max = TRIM_RANGE_MAX * TRIM_RANGES_PER_CMD * lbs if ident.trim else 0  # ata_scsiop_inq_b0
+        max_hw_kb = (MAX_SECTORS_LBA48 if ident.lba48 else MAX_SECTORS_LBA28) * 512 // 1024
+        return QueueLimits(
+            logical_block_size=lbs, physical_block_size=ident.physical_block_size,
+            max_hw_sectors_kb=max_hw_kb, max_sectors_kb=min(DEFAULT_MAX_SECTORS_KB, max_hw_kb),
+            max_segments=PRDS_PER_TABLE, read_ahead_kb=128,
+            nr_requests=self.depth, queue_depth=self.depth,
+            rotational=int(ident.rotational),
+            write_cache="write back" if ident.write_cache else "write through",
+            discard_granularity=ident.physical_block_size if ident.trim else 0,
+            discard_max_hw_bytes=trim_max, discard_max_bytes=trim_max,
+            write_zeroes_max_bytes=trim_max if ident.zero_after_trim else 0,
+        )
+
+    def _gendisk(self, registry: BlockRegistry, ident: DiskIdentity) -> Gendisk:
+        name, major, first_minor = registry.sd_name_and_devt()
+        nr_sects = ident.sectors * ident.logical_block_size >> SECTOR_SHIFT
+        # mq-deadline: Linux's default elevator for a single-queue device such as a SATA disk.
+        queue = RequestQueue(self, self._limits(ident), scheduler="mq-deadline")
+        disk = Gendisk(name, major, first_minor, 16, nr_sects, queue, model=ident.model, serial=ident.serial,
+                       firmware=ident.firmware, transport="sata", read_only=self.read_only)
+        self.disk = disk
+        self._scsi_scan_messages(disk, ident)
+        return disk
+
+    def _scsi_scan_messages(self, disk: Gendisk, ident: DiskIdentity) -> None:
+        sd = f"sd {self.hctl}: [{disk.name}]"
+        self.log.info(f"scsi {self.hctl}: Direct-Access     {self.scsi_vendor} {self.scsi_model} {self.scsi_rev} "
+                      f"PQ: 0 ANSI: 5")
+        lbs = ident.logical_block_size
+        self.log.info(f"{sd} {ident.sectors} {lbs}-byte logical blocks: "
+                      f"({string_get_size(ident.sectors, lbs, 1000)}/{string_get_size(ident.sectors, lbs, 1024)})")
+        if ident.physical_block_size != lbs:
+            self.log.info(f"{sd} {ident.physical_block_size}-byte physical blocks")
+        self.log.info(f"{sd} Write Protect is {'on' if self.read_only else 'off'}")
+        self._log_cache(ident)
+
+    def _log_cache(self, ident: DiskIdentity) -> None:
+        assert self.disk is not None
+        wc = "enabled" if ident.write_cache else "disabled"
+        self.log.info(f"sd {self.hctl}: [{self.disk.name}] Write cache: {wc}, read cache: enabled, "
+                      "doesn't support DPO or FUA")
+
+    # --- SCSI identity as libata's INQUIRY emulation reports it (ata_scsiop_inq_std) ------------
+
+    @property
+    def hctl(self) -> str:
+        return f"{self.host_no}:0:0:0"
+
+    @property
+    def scsi_vendor(self) -> str:
+        return "ATA     "
+
+    @property
+    def scsi_model(self) -> str:
+        model = self.identity.model if self.identity else ""
+        return model[:16].ljust(16)
+
+    @property
+    def scsi_rev(self) -> str:
+        """The last 4 characters of the 8-character firmware field, or the first 4 if those are blank (SAT)."""
+        fw = (self.identity.firmware if self.identity else "").ljust(8)
+        rev = fw[4:8] if fw[4:8].strip() else fw[:4]
+        return rev if rev.strip() else "n/a "
+
+    # --- I/O --------------------------------------------------------------------------------
+
+    def execute(self, req: Request) -> None:
+        ident = self.identity
+        assert ident is not None, "execute before probe"
+        op = req.op
+        self.counts["requests"] += 1
+        try:
+            if op in (ReqOp.READ, ReqOp.WRITE):
+                self._read_write(req, ident)
+            elif op == ReqOp.FLUSH:
+                flush = ata.ATA_CMD_FLUSH_EXT if ident.flush_ext else ata.ATA_CMD_FLUSH
+                self._internal(_AtaCommand("FLUSH CACHE EXT" if ident.flush_ext else "FLUSH CACHE", flush))
+            elif op == ReqOp.DISCARD and ident.trim:
+                self._trim(req, ident)
+            elif op == ReqOp.WRITE_ZEROES and ident.trim and ident.zero_after_trim:
+                self._trim(req, ident)  # the disk promises zeros from trimmed blocks (IDENTIFY word 69)
+            else:
+                raise KernelError(errno.EOPNOTSUPP, f"ata{self.ata_port}.00: {op.name} not supported by the disk")
+        except KernelError:
+            self.errors += 1
+            raise
+
+    def _lba_range(self, req: Request, ident: DiskIdentity) -> tuple[int, int]:
+        """The request's first logical block and block count; EINVAL if it is not whole blocks."""
+        shift = ident.logical_block_size.bit_length() - 1
+        start, nbytes = req.sector << SECTOR_SHIFT, req.nr_sectors << SECTOR_SHIFT
+        if (start | nbytes) & (ident.logical_block_size - 1):
+            raise KernelError(errno.EINVAL, f"ata{self.ata_port}.00: I/O not aligned to the logical block size")
+        return start >> shift, nbytes >> shift
+
+    def _read_write(self, req: Request, ident: DiskIdentity) -> None:
+        lba, nblocks = self._lba_range(req, ident)
+        if not nblocks:
+            return  # nothing to move (and a count of 0 would mean 65536 to the disk)
+        write = req.op == ReqOp.WRITE
+        lbs = ident.logical_block_size
+        prds = build_prds(req.segments)
+        if sum(map(_length, prds)) != nblocks * lbs:
+            raise KernelError(errno.EIO, f"ata{self.ata_port}.00: request segments do not cover its sectors")
+        max_blocks = MAX_SECTORS_LBA48 if ident.lba48 else MAX_SECTORS_LBA28
+        if len(prds) <= PRDS_PER_TABLE and nblocks <= max_blocks:  # the common case: one command
+            commands = [self._rw_command(write, lba, nblocks, prds, req.fua)]
+        else:
+            commands = []
+            for chunk in split_prds(prds, lbs, PRDS_PER_TABLE, max_blocks * lbs):
+                n = sum(map(_length, chunk)) // lbs
+                commands.append(self._rw_command(write, lba, n, chunk, req.fua))
+                lba += n
+        if self.ncq:
+            for first in range(0, len(commands), self.depth):
+                self._issue(commands[first : first + self.depth])
+        else:
+            for command in commands:
+                self._issue([command])
+        if req.fua and not self.ncq:
+            self._internal(_AtaCommand("FLUSH CACHE EXT", ata.ATA_CMD_FLUSH_EXT))  # FUA without NCQ: write + flush
+
+    def _rw_command(self, write: bool, lba: int, n: int, prds: Sequence[tuple[int, int]], fua: bool) -> _AtaCommand:
+        """ata_build_rw_tf: FPDMA QUEUED with NCQ; else LBA28 READ/WRITE DMA when it fits, else the EXT form."""
+        if self.ncq:
+            name = "WRITE FPDMA QUEUED" if write else "READ FPDMA QUEUED"
+            opcode = ata.ATA_CMD_FPDMA_WRITE if write else ata.ATA_CMD_FPDMA_READ
+            return _AtaCommand(name, opcode, lba=lba, features=n, device=0x40 | (0x80 if fua else 0), prds=prds,
+                               write=write, ncq=True)
+        if lba + n <= ata.LBA28_LIMIT and n <= MAX_SECTORS_LBA28:  # lba_28_ok
+            name = "WRITE DMA" if write else "READ DMA"
+            opcode = ata.ATA_CMD_WRITE if write else ata.ATA_CMD_READ
+            return _AtaCommand(name, opcode, lba=lba & 0xFFFFFF, count=n & 0xFF, device=0x40 | (lba >> 24) & 0xF,
+                               prds=prds, write=write)
+        name = "WRITE DMA EXT" if write else "READ DMA EXT"
+        opcode = ata.ATA_CMD_WRITE_EXT if write else ata.ATA_CMD_READ_EXT
+        return _AtaCommand(name, opcode, lba=lba, count=n, prds=prds, write=write)
+
+    def _trim(self, req: Request, ident: DiskIdentity) -> None:
+        """DATA SET MANAGEMENT/TRIM: one 512-byte block of up to 64 ranges per command (ata_format_dsm_trim_descr)."""
+        lba, nblocks = self._lba_range(req, ident)
+        ranges: list[int] = []  # DsmRange entries: LBA in bits 47:0, length in 63:48
+        end = lba + nblocks
+        while lba < end:
+            n = min(TRIM_RANGE_MAX, end - lba)
+            ranges.append(lba | n << 48)
+            lba += n
+        scratch = self.mem + SCRATCH_OFFSET
+        view = self.mm.ram.view
+        for first in range(0, len(ranges), TRIM_RANGES_PER_CMD):
+            batch = ranges[first : first + TRIM_RANGES_PER_CMD]
+            block = struct.pack(f"<{len(batch)}Q", *batch).ljust(ata.SECTOR_SIZE, b"\0")  # DsmRange entries
+            view[scratch : scratch + ata.SECTOR_SIZE] = block
+            self._internal(_AtaCommand("DATA SET MANAGEMENT", ata.ATA_CMD_DSM, count=1, features=ata.DSM_TRIM,
+                                       prds=[(scratch, ata.SECTOR_SIZE)], write=True))
+
+    def _internal(self, command: _AtaCommand, data_in: int = 0) -> bytes:
+        """A non-NCQ command on the internal slot (ata_exec_internal); `data_in` bytes land in the scratch page."""
+        if data_in:
+            scratch = self.mem + SCRATCH_OFFSET
+            command.prds = [(scratch, data_in)]
+        self._issue([command])
+        if not data_in:
+            return b""
+        return bytes(self.mm.ram.view[self.mem + SCRATCH_OFFSET : self.mem + SCRATCH_OFFSET + data_in])
+
+    # --- issue and completion -----------------------------------------------------------------
+
+    def _issue(self, commands: list[_AtaCommand]) -> None:
+        """Put each command in a slot, ring once (PxSACT then PxCI for NCQ), and check every one completed.
+
+        All NCQ or one non-NCQ command: a non-NCQ command never shares the port with queued ones.
+        """
+        tags: dict[int, _AtaCommand] = {}
+        for command in commands:
+            tag = self._alloc_tag() if command.ncq else INTERNAL_TAG
+            self._prep(tag, command)
+            tags[tag] = command
+            self.counts[command.name] += 1
+        mask = sum(1 << tag for tag in tags)
+        if commands[0].ncq:
+            self._ncq_active |= mask
+            self._writel(PORT + L.PxSACT, mask)
+        else:
+            self._active |= mask
+        self._writel(PORT + L.PxCI, mask)  # the HBA runs now; _interrupt reaps before this returns
+        if self._irq_error or (self._active | self._ncq_active) & mask:
+            self._error_handler(tags)
+
+    def _alloc_tag(self) -> int:
+        """The next NCQ tag in turn (tags are all free between requests: execution is synchronous)."""
+        busy = self._ncq_active
+        for _ in range(self.depth):
+            tag = self._next_tag
+            self._next_tag = (tag + 1) % self.depth
+            if not busy & (1 << tag):
+                return tag
+        raise KernelError(errno.EBUSY, f"ata{self.ata_port}: no free NCQ tag")
+
+    def _prep(self, tag: int, command: _AtaCommand) -> None:
+        """ahci_qc_prep: the H2D FIS and PRDT in the slot's command table, then its command header."""
+        view = self.mm.ram.view
+        table = self.mem + TABLES_OFFSET + tag * CMD_TABLE_SIZE
+        count = tag << 3 if command.ncq else command.count  # NCQ: the tag in count bits 7:3
+        lba = command.lba.to_bytes(6, "little")
+        features = command.features
+        L.FIS_REG_H2D.pack_into(view, table, L.FIS_TYPE_REG_H2D, L.H2D_C, command.command, features & 0xFF,
+                                lba[:3], command.device, lba[3:], features >> 8 & 0xFF, count & 0xFF,
+                                count >> 8 & 0xFF, 0, 0)  # FisRegH2D
+        prds = command.prds
+        if prds:
+            flat: list[int] = []
+            for addr, length in prds:
+                flat += (addr, length - 1)  # DBC is 0's based (ahci_fill_sg)
+            _prdt_struct(len(prds)).pack_into(view, table + L.CT_PRDT_OFFSET, *flat)  # PrdEntry × n
+        flags = 5 | (L.CMDH_W if command.write else 0)  # CFL: a Register H2D FIS is 5 dwords
+        L.COMMAND_HEADER.pack_into(view, self.mem + CMD_LIST_OFFSET + tag * L.COMMAND_HEADER_SIZE, flags,
+                                   len(prds), 0, table)  # CommandHeader
+
+    def _interrupt(self) -> None:
+        """ahci_single_level_irq → ahci_port_intr: ack PxIS then IS; complete what PxSACT / PxCI dropped.
+
+        Errors are only recorded here: the error handler runs in process context (execute), as
+        libata's EH thread does, not inside the interrupt.
+        """
+        if not self._readl(L.IS) & 1:
+            return  # not our port: IRQ_NONE
+        status = self._readl(PORT + L.PxIS)
+        self._writel(PORT + L.PxIS, status)
+        if status & PORT_IRQ_ERROR:
+            self._irq_error |= status & PORT_IRQ_ERROR
+        else:
+            if self._ncq_active:
+                self._ncq_active &= self._readl(PORT + L.PxSACT)  # SDB FIS: a cleared bit is a finished tag
+            if self._active:
+                self._active &= self._readl(PORT + L.PxCI)  # D2H / PIO Setup FIS: the slot's CI bit dropped
+        self._writel(L.IS, 1)
+
+    # --- error handling ---------------------------------------------------------------------
+
+    def _error_handler(self, tags: dict[int, _AtaCommand]) -> None:
+        """ahci_error_handler + ata_eh_autopsy: restart the port, find what failed and why, raise AtaError."""
+        irq_stat, self._irq_error = self._irq_error, 0
+        tfd = self._readl(PORT + L.PxTFD)
+        serr = self._readl(PORT + L.PxSERR)
+        sact = self._readl(PORT + L.PxSACT)
+        failed_tags = (self._active | self._ncq_active) & sum(1 << t for t in tags)
+        status, error = tfd & 0xFF, tfd >> 8 & 0xFF
+        timed_out = not irq_stat and failed_tags
+        busy = bool(tfd & (ata.ATA_BSY | ata.ATA_DRQ))
+        # A device error leaves the link sound: restarting the engine is enough. A timeout, a device
+        # still busy or a host bus error means an unknown state: freeze and hard reset (action 0x6).
+        reset = bool(timed_out or busy or irq_stat & (L.PxIS_HBFS | L.PxIS_HBDS | L.PxIS_IFS))
+        dev = f"ata{self.ata_port}.00"
+        action = "0x6 frozen" if reset else "0x0"
+        self.log.err(f"{dev}: exception Emask 0x0 SAct {sact:#x} SErr {serr:#x} action {action}")
+        self.log.err(f"{dev}: irq_stat {irq_stat:#010x}")
+        self._freeze()
+        self._stop_engine()
+        self._clear_errors()
+        if reset:
+            self._hardreset()  # the device or the link is in an unknown state: COMRESET
+        else:
+            self._start_engine()
+        self._thaw()
+        if reset:
+            self._revalidate()
+        ncq = any(c.ncq for c in tags.values())
+        if irq_stat & L.PxIS_TFES and ncq:
+            status, error, tag = self._read_ncq_error_log(status, error)
+            failed = tags.get(tag, next(iter(tags.values())))
+        else:
+            failed = tags[(failed_tags & -failed_tags).bit_length() - 1] if failed_tags else next(iter(tags.values()))
+        self._report(failed, status, error)
+        self.log.err(f"ata{self.ata_port}: EH complete")
+        if irq_stat & L.PxIS_TFES:
+            raise AtaError(failed.name, status, error, write=failed.write, write_protected=self.read_only)
+        reason = "timeout" if timed_out else f"host bus error (irq_stat {irq_stat:#x})"
+        raise AtaError(failed.name, status, error, reason=reason)
+
+    def _read_ncq_error_log(self, status: int, error: int) -> tuple[int, int, int]:
+        """ata_eh_read_log_10h: which tag failed and its status/error; falls back to PxTFD's if the log fails."""
+        try:
+            page = self._internal(_AtaCommand("READ LOG EXT", ata.ATA_CMD_READ_LOG_EXT, lba=ata.LOG_NCQ_ERROR,
+                                              count=1, device=0), 512)
+        except AtaError:
+            return status, error, -1
+        log = ata.NcqErrorLog.parse(page)
+        if log.flags.nq:
+            return status, error, -1
+        return log.status, log.error, log.flags.tag
+
+    def _revalidate(self) -> None:
+        """ata_dev_revalidate after a reset: IDENTIFY again (same disk?), transfer mode, write cache state."""
+        ident = self._identify()
+        self._set_xfer_mode()
+        if self.disk is not None:
+            self.disk.queue.limits.write_cache = "write back" if ident.write_cache else "write through"
+
+    def _report(self, cmd: _AtaCommand, status: int, error: int) -> None:
+        """ata_eh_link_report's lines for the failed command."""
+        dev = f"ata{self.ata_port}.00"
+        lba = cmd.lba.to_bytes(6, "little")
+        count = cmd.count
+        self.log.err(f"{dev}: failed command: {cmd.name}")
+        self.log.err(f"{dev}: cmd {cmd.command:02x}/{cmd.features & 0xFF:02x}:{count & 0xFF:02x}:{lba[0]:02x}:"
+                     f"{lba[1]:02x}:{lba[2]:02x}/{cmd.features >> 8 & 0xFF:02x}:{count >> 8 & 0xFF:02x}:"
+                     f"{lba[3]:02x}:{lba[4]:02x}:{lba[5]:02x}/{cmd.device:02x}"
+                     f"{' ncq' if cmd.ncq else ''} dma {sum(map(_length, cmd.prds))} {'out' if cmd.write else 'in'}")
+        self.log.err(f"{dev}: status: {{ {_decode(status, _STATUS_NAMES)} }}")
+        if status & ata.ATA_ERR:
+            self.log.err(f"{dev}: error: {{ {_decode(error, _ERROR_NAMES)} }}")
+
+    # --- write cache (sd's cache_type, which libata turns into SET FEATURES) --------------------
+
+    def set_write_cache(self, enabled: bool) -> None:
+        sub = ata.SETFEATURES_WC_ON if enabled else ata.SETFEATURES_WC_OFF
+        self._internal(_AtaCommand("SET FEATURES", ata.ATA_CMD_SET_FEATURES, features=sub, device=0))
+        ident = self._identify()
+        if self.disk is not None:
+            self.disk.queue.limits.write_cache = "write back" if ident.write_cache else "write through"
+            self._log_cache(ident)
+
+    def _store_cache_type(self, text: str) -> None:
+        value = text.strip()
+        modes = {"write back": True, "write through": False, "none": False}  # sd_cache_types, WCE bit
+        if value not in modes:
+            raise KernelError(errno.EINVAL, f"cache_type {value!r}: write back, write through or none")
+        self.set_write_cache(modes[value])
+
+    # --- sysfs (what the PCI core, libata, the SCSI midlayer and sd create) ---------------------
+
+    def add_sysfs(self, root: GenDir, disk: Gendisk) -> tuple[str, str]:
+        """The PCI function, ata1, scsi host0, target0:0:0 and 0:0:0:0; returns (disk dir, device dir)."""
+        pci = f"devices/pci0000:00/{AHCI_PCI_ADDRESS}"
+        p = root.path(pci)
+        for name, value in (("vendor", f"{PCI_VENDOR_INTEL:#06x}"), ("device", f"{PCI_DEVICE_ICH9_AHCI:#06x}"),
+                            ("subsystem_vendor", "0x1af4"), ("subsystem_device", "0x1100"),
+                            ("class", f"{PCI_CLASS_SATA_AHCI:#08x}"), ("revision", "0x02"), ("numa_node", "-1"),
+                            ("irq", str(self.irq)), ("enable", "1"), ("msi_bus", "1")):
+            attr(p, name, _const(value + "\n"))
+        link(root, f"{pci}/subsystem", "bus/pci")
+        link(root, f"bus/pci/devices/{AHCI_PCI_ADDRESS}", pci)
+        link(root, f"{pci}/driver", "bus/pci/drivers/ahci")
+        link(root, f"bus/pci/drivers/ahci/{AHCI_PCI_ADDRESS}", pci)
+
+        ata_dir = f"{pci}/ata{self.ata_port}"
+        self._ata_sysfs(root, ata_dir)
+        host = f"{ata_dir}/host{self.host_no}"
+        self._scsi_host_sysfs(root, host)
+        target = f"{host}/target{self.host_no}:0:0"
+        root.path(target)
+        link(root, f"{target}/subsystem", "bus/scsi")
+        link(root, f"bus/scsi/devices/target{self.host_no}:0:0", target)
+        sdev = f"{target}/{self.hctl}"
+        self._scsi_device_sysfs(root, sdev)
+        return f"{sdev}/block/{disk.name}", sdev
+
+    def _ata_sysfs(self, root: GenDir, ata_dir: str) -> None:
+        """ata1 and its transport class objects: ata_port, ata_link and ata_device (libata-transport.c)."""
+        n = self.ata_port
+        port_dir = f"{ata_dir}/ata_port/ata{n}"
+        p = root.path(port_dir)
+        for name, value in (("port_no", str(n)), ("nr_pmp_links", "0"), ("idle_irq", "0")):
+            attr(p, name, _const(value + "\n"))
+        link(root, f"class/ata_port/ata{n}", port_dir)
+        link_dir = f"{ata_dir}/link{n}/ata_link/link{n}"
+        lk = root.path(link_dir)
+        attr(lk, "sata_spd", self._sata_spd)
+        for name, value in (("hw_sata_spd_limit", "<unknown>"), ("sata_spd_limit", "<unknown>")):
+            attr(lk, name, _const(value + "\n"))
+        link(root, f"class/ata_link/link{n}", link_dir)
+        dev_dir = f"{ata_dir}/link{n}/dev{n}.0/ata_device/dev{n}.0"
+        d = root.path(dev_dir)
+        for name, value in (("class", "ata"), ("pio_mode", "PIO4"), ("dma_mode", "UDMA/133"),
+                            ("xfer_mode", "UDMA/133"), ("spdn_cnt", "0"), ("ering", ""), ("gscr", ""),
+                            ("trim", "unqueued" if self.identity and self.identity.trim else "unsupported")):
+            attr(d, name, _const(value + "\n"))
+        attr(d, "id", self._identify_words)
+        link(root, f"class/ata_device/dev{n}.0", dev_dir)
+
+    def _sata_spd(self) -> str:
+        spd = self._readl(PORT + L.PxSSTS) >> 4 & 0xF
+        return {1: "1.5 Gbps", 2: "3.0 Gbps", 3: "6.0 Gbps"}.get(spd, "<unknown>") + "\n"
+
+    def _identify_words(self) -> str:
+        """ata_device id: the 256 IDENTIFY words as the disk last reported them, 8 per line (%04x)."""
+        words = struct.unpack("<256H", self.id_page)
+        return "".join(f"{w:04x}{chr(10) if i % 8 == 7 else ' '}" for i, w in enumerate(words))
+
+    def _write_cache_on(self) -> bool:
+        return bool(self.disk is not None and self.disk.queue.limits.write_cache == "write back")
+
+    def _scsi_host_sysfs(self, root: GenDir, host: str) -> None:
+        """Scsi_Host host0: proc_name "ahci" is what lsblk matches for TRAN=sata; libahci's own attributes too."""
+        root.path(host)
+        link(root, f"{host}/subsystem", "bus/scsi")
+        link(root, f"bus/scsi/devices/host{self.host_no}", host)
+        sh_dir = f"{host}/scsi_host/host{self.host_no}"
+        sh = root.path(sh_dir)
+        for name, value in (("proc_name", "ahci"), ("unique_id", str(self.ata_port)), ("can_queue", str(self.depth)),
+                            ("cmd_per_lun", "0"), ("sg_tablesize", str(PRDS_PER_TABLE)), ("host_busy", "0"),
+                            ("state", "running"), ("active_mode", "Initiator"), ("supported_mode", "Initiator"),
+                            ("prot_capabilities", "0"), ("prot_guard_type", "0"), ("eh_deadline", "off"),
+                            ("link_power_management_policy", "max_performance"), ("em_message_type", "0")):
+            attr(sh, name, _const(value + "\n"))
+        for name, reg in (("ahci_host_caps", L.CAP), ("ahci_host_cap2", L.CAP2), ("ahci_host_version", L.VS),
+                          ("ahci_port_cmd", PORT + L.PxCMD)):
+            attr(sh, name, self._register_show(reg))
+        link(root, f"{sh_dir}/subsystem", "class/scsi_host")
+        link(root, f"{sh_dir}/device", host)
+        link(root, f"class/scsi_host/host{self.host_no}", sh_dir)
+
+    def _register_show(self, offset: int) -> Callable[[], str]:
+        return lambda: f"{self._readl(offset):x}\n"
+
+    def _scsi_device_sysfs(self, root: GenDir, sdev: str) -> None:
+        """The SCSI device 0:0:0:0 (scsi_sysfs.c sdev_attrs) and its scsi_device / scsi_disk class objects."""
+        d = root.path(sdev)
+        for name, value in (("vendor", self.scsi_vendor), ("model", self.scsi_model), ("rev", self.scsi_rev),
+                            ("type", "0"), ("scsi_level", "6"), ("state", "running"),  # ANSI 5 (SPC-3) + 1
+                            ("queue_depth", str(self.depth)), ("queue_type", "simple" if self.ncq else "none"),
+                            ("device_blocked", "0"), ("device_busy", "0"), ("timeout", "30"), ("eh_timeout", "10"),
+                            ("iocounterbits", "32"), ("evt_media_change", "0"), ("ncq_prio_enable", "0"),
+                            ("ncq_prio_supported", "0"), ("modalias", "scsi:t-0x00"),
+                            ("uevent", "DEVTYPE=scsi_device\nDRIVER=sd\nMODALIAS=scsi:t-0x00")):
+            attr(d, name, _const(value + "\n"))
+        attr(d, "iorequest_cnt", lambda: f"{self.counts['requests']:#x}\n")
+        attr(d, "iodone_cnt", lambda: f"{self.counts['requests']:#x}\n")
+        attr(d, "ioerr_cnt", lambda: f"{self.errors:#x}\n")
+        link(root, f"{sdev}/subsystem", "bus/scsi")
+        link(root, f"{sdev}/driver", "bus/scsi/drivers/sd")
+        link(root, f"bus/scsi/drivers/sd/{self.hctl}", sdev)
+        link(root, f"bus/scsi/devices/{self.hctl}", sdev)
+        sd_dir = f"{sdev}/scsi_device/{self.hctl}"
+        root.path(sd_dir)
+        link(root, f"{sd_dir}/device", sdev)
+        link(root, f"class/scsi_device/{self.hctl}", sd_dir)
+        disk_dir = f"{sdev}/scsi_disk/{self.hctl}"
+        sk = root.path(disk_dir)
+        attr(sk, "cache_type", lambda: ("write back" if self._write_cache_on() else "write through") + "\n",
+             self._store_cache_type)
+        trim = bool(self.identity and self.identity.trim)
+        for name, value in (("FUA", "0"), ("allow_restart", "1"), ("manage_start_stop", "1"),
+                            ("protection_type", "0"), ("protection_mode", "none"), ("app_tag_own", "0"),
+                            ("thin_provisioning", str(int(trim))), ("provisioning_mode", "unmap" if trim else "full"),
+                            ("max_medium_access_timeouts", "2"), ("max_write_same_blocks", "0"),
+                            ("zoned_cap", "none"), ("max_retries", "5")):
+            attr(sk, name, _const(value + "\n"))
+        link(root, f"{disk_dir}/device", sdev)
+        link(root, f"class/scsi_disk/{self.hctl}", disk_dir)
+
+
+# --- PRDT building ----------------------------------------------------------------------------
+
+
+def build_prds(segments: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """PRD regions for RAM segments: contiguous ones merged, none over 4 MiB, every address and length even.
+
+    An odd address or length cannot be described (DBA bit 0 is reserved, DBC must be odd: an
+    even byte count); Linux's block layer would have bounced such a buffer, here it is EINVAL.
+    """
+    prds: list[tuple[int, int]] = []
+    start = end = -1  # the region being extended while segments continue it
+    for addr, length in segments:
+        if (addr | length) & 1:
+            raise KernelError(errno.EINVAL, f"ahci: segment {addr:#x}+{length} is not word aligned")
+        if addr == end:  # physically contiguous with the previous segment: the same region
+            end += length
+            continue
+        _add_region(prds, start, end)
+        start, end = addr, addr + length
+    _add_region(prds, start, end)
+    return prds
+
+
+def _add_region(prds: list[tuple[int, int]], start: int, end: int) -> None:
+    """Append [start, end) as PRDs of at most 4 MiB (a PRD's byte count has 22 bits)."""
+    while end - start > PRD_MAX_BYTES:
+        prds.append((start, PRD_MAX_BYTES))
+        start += PRD_MAX_BYTES
+    if end > start:
+        prds.append((start, end - start))
+
+
+def split_prds(prds: list[tuple[int, int]], block: int, max_prds: int, max_bytes: int) -> list[list[tuple[int, int]]]:
+    """Cut a PRD list into commands of at most `max_prds` entries and `max_bytes`, each whole `block`s long."""
+    if len(prds) <= max_prds and sum(map(_length, prds)) <= max_bytes:
+        return [prds]  # the common case: one command
+    chunks: list[list[tuple[int, int]]] = []
+    pending = list(reversed(prds))  # a stack: pop() gives the next region
+    current: list[tuple[int, int]] = []
+    size = 0
+    while pending:
+        addr, length = pending.pop()
+        room = max_bytes - size
+        if length > room:
+            pending.append((addr + room, length - room))
+            length = room
+        current.append((addr, length))
+        size += length
+        if size == max_bytes or len(current) == max_prds or not pending:
+            excess = size % block  # give back the tail that does not make a whole block
+            while excess:
+                a, n = current.pop()
+                size -= n
+                if n > excess:
+                    current.append((a, n - excess))
+                    size += n - excess
+                    pending.append((a + n - excess, excess))
+                    excess = 0
+                else:
+                    pending.append((a, n))
+                    excess -= n
+            if not current:
+                raise KernelError(errno.EINVAL, "ahci: request too fragmented for one command table")
+            chunks.append(current)
+            current, size = [], 0
+    return chunks
+
+
+@lru_cache(maxsize=64)
+def _prdt_struct(entries: int) -> struct.Struct:
+    """`entries` PrdEntry records back to back: PRD_ENTRY's format repeated."""
+    return struct.Struct("<" + L.PRD_ENTRY.format.lstrip("<") * entries)
+
+
+def _const(text: str) -> Callable[[], str]:
+    return lambda: text
+
+
+def probe_ahci(kernel: Kernel) -> tuple[Gendisk, AhciDriver]:
+    """Build the HBA over the kernel's RAM and disk image, wire its interrupt, probe: (disk, driver)."""
+    image = kernel.image
+    if image is None:
+        raise KernelError(errno.ENODEV, "ahci: no disk image")
+    driver: AhciDriver | None = None
+
+    def raise_irq(vector: int) -> None:
+        if driver is not None and driver.irq:
+            kernel.irqs.raise_irq(driver.irq)
+
+    hba = AhciHba(kernel.mm.ram, image, raise_irq=raise_irq, serial=_serial(kernel.config.image), model=MODEL,
+                  firmware=FIRMWARE)
+    driver = AhciDriver(hba, kernel.mm, kernel.irqs, kernel.log, read_only=image.read_only)
+    return driver.probe(kernel.block), driver
