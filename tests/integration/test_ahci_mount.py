@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import mount, rinuxfs
 
@@ -29,7 +26,6 @@ def ahci_interrupts(mountpoint: Path) -> int:
     raise AssertionError("no ahci line in /proc/interrupts")
 
 
-@pytest.mark.skipif(shutil.which("lsblk") is None, reason="needs util-linux lsblk")
 def test_mount_over_ahci_shows_a_sata_disk_and_reads_the_image(tmp_path: Path) -> None:
     image = tmp_path / "disk.img"
     rinuxfs("mkdisk", str(image), "--size", "64M")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -484,7 +483,6 @@ def test_identify_device(host: Host) -> None:
     assert ident.cfs_enable_1 & (1 << 5)  # write cache on
 
 
-@pytest.mark.skipif(shutil.which("hdparm") is None, reason="hdparm is not installed")
 def test_identify_page_decodes_with_hdparm(host: Host) -> None:
     h = host
     h.run(0, h2d(ata.ATA_CMD_ID_ATA), [(DATA, 512)])
