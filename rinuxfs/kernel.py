@@ -221,11 +221,12 @@ class Kernel:
         else:
             raise KernelError(errno.EINVAL, f"unknown controller {self.config.controller!r}: nvme or ahci")
         self.block.add_disk(disk)
-        # sd_print_capacity's line: the count is of logical blocks, whatever their size.
-        lbs = disk.queue.limits.logical_block_size
-        blocks = disk.nr_sects * 512 // lbs
-        self.log.info(f"{disk.name}: {blocks} {lbs}-byte logical blocks: ({string_get_size(blocks, lbs, 1000)}/"
-                      f"{string_get_size(blocks, lbs, 1024)})" if blocks else f"{disk.name}: empty medium")
+        if disk.transport != "sata":  # sd prints its own "sd 0:0:0:0: [sda] …" line at probe
+            # The capacity line, as sd_print_capacity words it: a count of logical blocks, whatever their size.
+            lbs = disk.queue.limits.logical_block_size
+            blocks = disk.nr_sects * 512 // lbs
+            self.log.info(f"{disk.name}: {blocks} {lbs}-byte logical blocks: ({string_get_size(blocks, lbs, 1000)}/"
+                          f"{string_get_size(blocks, lbs, 1024)})" if blocks else f"{disk.name}: empty medium")
         self._scan_partitions(disk)
 
     def _probe_nvme(self) -> Gendisk:

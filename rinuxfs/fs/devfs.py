@@ -24,7 +24,7 @@ from rinuxfs.block.genhd import BlockDevice
 from rinuxfs.errors import KernelError
 from rinuxfs.fs.kernfs import GenDir
 from rinuxfs.fs.superblock import StatFs, SuperBlock
-from rinuxfs.fs.vfs import AttrChange, Credentials, Inode, OpenFile, Vfs
+from rinuxfs.fs.vfs import Credentials, Inode, OpenFile, Vfs
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
 from rinuxfs.mm.bdev_mapping import BlockDeviceMapping
 from rinuxfs.mm.core import MemoryManager
@@ -75,12 +75,12 @@ class BlockDeviceNode(Inode):
         return len(self.mapping.pages)
 
     def truncate(self, size: int) -> None:
-        # A block device has the size of its medium; O_TRUNC and `>` redirections leave it alone, as on Linux.
-        return None
+        # truncate(2) of a block device fails (do_sys_ftruncate wants a regular file) …
+        raise KernelError(errno.EINVAL, "a block device has the size of its medium")
 
-    def setattr(self, change: AttrChange) -> None:
-        change.size = None
-        super().setattr(change)
+    def truncate_on_open(self) -> None:
+        # … while O_TRUNC, as in `echo > /dev/sda1`, is ignored for devices.
+        return None
 
     def open(self, flags: int, cred: Credentials) -> OpenFile:
         if flags & os.O_ACCMODE != os.O_RDONLY and (self.bdev.read_only or self.bdev.disk.read_only):

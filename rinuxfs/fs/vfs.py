@@ -129,6 +129,11 @@ class Inode:
             self.mtime_ns = change.mtime_ns
         self.ctime_ns = change.ctime_ns if change.ctime_ns is not None else now_ns()
 
+    def truncate_on_open(self) -> None:
+        """What open(O_TRUNC) does: empty the file and mark its times (POSIX), whatever its size was."""
+        t = now_ns()
+        self.setattr(AttrChange(size=0, mtime_ns=t, ctime_ns=t))
+
     def truncate(self, size: int) -> None:
         if self.is_dir():
             raise KernelError(errno.EISDIR, "cannot truncate a directory")
@@ -420,8 +425,7 @@ class Vfs:
             # Linux truncates even for O_RDONLY|O_TRUNC (the kernel has checked write access);
             # skipping it would leave pages here under a file the host already sees as empty.
             # Like Linux, O_TRUNC means nothing for FIFOs, devices and other special files.
-            t = now_ns()
-            inode.setattr(AttrChange(size=0, mtime_ns=t, ctime_ns=t))
+            inode.truncate_on_open()
         inode.opens += 1
         fh = self._next_fh
         self._next_fh += 1
