@@ -25,6 +25,8 @@ from construct import (
     Struct,
 )
 
+from rinuxfs.hw.ata import DEVICE_TASK_FILE
+
 # ---------------------------------------------------------------------------------------------
 # Generic host control registers (AHCI 1.3.1 §3.1), offsets into ABAR
 CAP = 0x00
@@ -222,18 +224,7 @@ CONTROL_SRST = 0x04
 FisRegD2H = Struct(  # SATA §10.5.6
     "fis_type" / Int8ul,
     "flags" / BitStruct(Padding(1), "i" / Flag, Padding(2), "pm_port" / BitsInteger(4)),
-    "status" / Int8ul,
-    "error" / Int8ul,
-    "lba0" / Int8ul,
-    "lba1" / Int8ul,
-    "lba2" / Int8ul,
-    "device" / Int8ul,
-    "lba3" / Int8ul,
-    "lba4" / Int8ul,
-    "lba5" / Int8ul,
-    Padding(1),
-    "count" / Int8ul,
-    "count_exp" / Int8ul,
+    *DEVICE_TASK_FILE,
     Padding(6),
 )
 FIS_REG_D2H = struct.Struct("<BBBB3sB3sxBB6x")  # twin of FisRegD2H
@@ -242,18 +233,7 @@ FIS_I = 0x40  # the interrupt bit, byte 1 bit 6, in every device-to-host FIS
 FisPioSetup = Struct(  # SATA §10.5.11
     "fis_type" / Int8ul,
     "flags" / BitStruct(Padding(1), "i" / Flag, "d" / Flag, Padding(1), "pm_port" / BitsInteger(4)),  # D: 1 = to host
-    "status" / Int8ul,
-    "error" / Int8ul,
-    "lba0" / Int8ul,
-    "lba1" / Int8ul,
-    "lba2" / Int8ul,
-    "device" / Int8ul,
-    "lba3" / Int8ul,
-    "lba4" / Int8ul,
-    "lba5" / Int8ul,
-    Padding(1),
-    "count" / Int8ul,
-    "count_exp" / Int8ul,
+    *DEVICE_TASK_FILE,
     Padding(1),
     "e_status" / Int8ul,  # status at the end of the transfer: what PxTFD (and Linux) take
     "transfer_count" / Int16ul,

@@ -298,16 +298,9 @@ def gp_log_directory() -> bytes:
     return GpLogDirectory.build(dict(version=1, pages=pages))
 
 
-# NCQ Command Error log, log 10h (ACS-3 §9.13): read by Linux's ata_eh_read_log_10h after an NCQ error.
-NcqErrorLog = Struct(
-    "flags"
-    / BitStruct(
-        "nq" / Flag,  # 1: the last failed command was not an NCQ command
-        "unl" / Flag,  # unload aborted the queue
-        Padding(1),
-        "tag" / BitsInteger(5),
-    ),
-    Padding(1),
+# The device's task file after a command, as every device-to-host FIS and the NCQ error
+# log (ACS-3 §9.12) lay it out from byte 2: declared once, spliced into those layouts.
+DEVICE_TASK_FILE = (
     "status" / Int8ul,
     "error" / Int8ul,
     "lba0" / Int8ul,
@@ -320,6 +313,19 @@ NcqErrorLog = Struct(
     Padding(1),
     "count" / Int8ul,
     "count_exp" / Int8ul,
+)
+
+# NCQ Command Error log, log 10h (ACS-3 §9.13): read by Linux's ata_eh_read_log_10h after an NCQ error.
+NcqErrorLog = Struct(
+    "flags"
+    / BitStruct(
+        "nq" / Flag,  # 1: the last failed command was not an NCQ command
+        "unl" / Flag,  # unload aborted the queue
+        Padding(1),
+        "tag" / BitsInteger(5),
+    ),
+    Padding(1),
+    *DEVICE_TASK_FILE,
     Padding(497),
     "checksum" / Int8ul,  # all 512 bytes sum to 0 mod 256
 )
