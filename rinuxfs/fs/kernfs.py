@@ -126,11 +126,12 @@ class GenDir(Inode):
         self.nlink += 1
         return child
 
-    def path(self, path: str) -> GenDir:
+    def path(self, path: str, mode: int = 0o755) -> GenDir:
+        """The directory at `path` below this one, made (with `mode`) where missing."""
         node = self
         for part in path.strip("/").split("/"):
             if part:
-                node = node.dir(part)
+                node = node.dir(part, mode)
         return node
 
     def file(self, name: str, show: Show, store: Store | None = None, mode: int | None = None,

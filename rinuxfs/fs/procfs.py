@@ -60,7 +60,7 @@ def build_proc_tree(root: GenDir, k: Kernel) -> None:
     root.add_symlink("mounts", "self/mounts")
     root.add_symlink("self", lambda: str(k.current_pid()))
     root.add_symlink("thread-self", lambda: f"{k.current_pid()}/task/{k.current_pid()}")
-    kernel = root.path("sys/kernel")
+    kernel = root.path("sys/kernel", mode=0o555)  # /proc/sys directories are read-only dirs
     uts = k.utsname
     kernel.file("ostype", lambda: f"{uts.sysname}\n")
     kernel.file("osrelease", lambda: f"{uts.release}\n")
@@ -68,7 +68,7 @@ def build_proc_tree(root: GenDir, k: Kernel) -> None:
     kernel.file("hostname", lambda: f"{uts.nodename}\n", store=lambda v: _set_uts(k, "nodename", v))
     kernel.file("domainname", lambda: f"{uts.domainname}\n", store=lambda v: _set_uts(k, "domainname", v))
     kernel.file("pid_max", lambda: f"{PID_MAX}\n")
-    kernel.path("random").file("boot_id", lambda: f"{k.boot_id}\n")
+    kernel.path("random", mode=0o555).file("boot_id", lambda: f"{k.boot_id}\n")
     root.dynamic(
         keys=lambda: [str(t.pid) for t in k.tasks.list()],
         exists=lambda key: key.isdigit() and k.tasks.get(int(key)) is not None,
