@@ -26,6 +26,7 @@ from rinuxfs.block.partitions.types import GPT_TYPES, MBR_TYPES
 from rinuxfs.cli import UsageError
 from rinuxfs.mkdisk import plan_layout, probe_image
 from rinuxfs.mm.swap_header import build_swap_header, check_swap_area, parse_swap_header
+from tests.integration.storage_helpers import MBR_SCRIPT
 
 MIB = 1 << 20
 RINUXFS = [sys.executable, "-m", "rinuxfs"]
@@ -39,16 +40,6 @@ first-lba: 2048
 2 : size=16MiB, type=swap, uuid=11111111-0000-4000-8000-000000000002, name="swap"
 4 : size=8MiB, type=lvm, uuid=11111111-0000-4000-8000-000000000004, name="lvm pv", attrs="RequiredPartition GUID:60"
 7 : type=linux, uuid=11111111-0000-4000-8000-000000000007, name="root"
-"""
-
-MBR_SCRIPT = """label: dos
-label-id: 0xdeadbeef
-unit: sectors
-1 : start=2048, size=16MiB, type=83, bootable
-2 : size=8MiB, type=82
-3 : type=5
-5 : size=12MiB, type=83
-6 : type=82
 """
 
 OUT_OF_ORDER_SCRIPT = """label: dos
