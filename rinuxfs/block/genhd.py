@@ -149,9 +149,6 @@ class BlockRegistry:
     def all_devices(self) -> list[BlockDevice]:
         return [dev for disk in self.disks for dev in disk.devices()]
 
-    def by_devt(self, devt: tuple[int, int]) -> BlockDevice | None:
-        return next((d for d in self.all_devices() if d.devt == devt), None)
-
     # --- /proc views -------------------------------------------------------------------------
 
     def render_partitions(self) -> str:

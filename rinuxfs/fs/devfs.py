@@ -69,10 +69,7 @@ class BlockDeviceNode(Inode):
 
     @property
     def blocks(self) -> int:
-        return self.mapping_pages() * (PAGE_SIZE // 512)
-
-    def mapping_pages(self) -> int:
-        return len(self.mapping.pages)
+        return len(self.mapping.pages) * (PAGE_SIZE // 512)
 
     def truncate(self, size: int) -> None:
         # truncate(2) of a block device fails (do_sys_ftruncate wants a regular file) …

@@ -325,9 +325,6 @@ class Vfs:
         mnt = self._mount_on.get(inode.ino)
         return mnt.root if mnt is not None else inode
 
-    def is_mountpoint(self, inode: Inode) -> bool:
-        return inode.ino in self._mount_on or any(m.root is inode for m in self.mounts)
-
     def resolve(self, path: str, cred: Credentials = ROOT_CRED) -> Inode:
         """Walk an absolute path from the root (for the kernel's own use: mounting, tests)."""
         inode = self.mounts[0].root

@@ -40,10 +40,6 @@ class DiskImage:
     def pread(self, offset: int, size: int) -> bytes:
         return os.pread(self.fd, size, offset)
 
-    def pwrite(self, offset: int, data: bytes | memoryview) -> int:
-        self._check_writable()
-        return os.pwrite(self.fd, data, offset)
-
     def read_into(self, offset: int, buffers: list[memoryview]) -> None:
         """Fill `buffers` (DMA targets in RAM) from `offset` with one preadv; zeros past the end of the file."""
         want = sum(map(len, buffers))

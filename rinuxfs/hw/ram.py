@@ -52,10 +52,6 @@ class PhysicalMemory:
     def nr_frames(self) -> int:
         return self.size >> PAGE_SHIFT
 
-    def frame(self, pfn: int) -> memoryview:
-        start = pfn << PAGE_SHIFT
-        return self.view[start : start + PAGE_SIZE]
-
     def close(self) -> None:
         self._closing.set()
         if self._populator is not None:

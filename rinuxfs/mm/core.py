@@ -77,10 +77,6 @@ class MemoryManager:
     def register_shrinker(self, shrinker: Shrinker) -> None:
         self.shrinkers.append(shrinker)
 
-    def unregister_shrinker(self, shrinker: Shrinker) -> None:
-        if shrinker in self.shrinkers:
-            self.shrinkers.remove(shrinker)
-
     def _watermark(self, name: str) -> int:
         return sum(getattr(z, name) + max(z.lowmem_reserve, default=0) for z in self.allocator.zones if z.managed)
 

@@ -265,6 +265,16 @@ class MountCache:
             m.unmount()
 
 
+@contextlib.contextmanager
+def per_controller_mounts(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Mounted]]:
+    """One mount of `image` per controller, made on first use and all unmounted on the way out."""
+    cache = MountCache(lambda key: tmp_path_factory.mktemp(f"mnt-{key}"))
+    try:
+        yield lambda controller: cache.get(controller, image, "--controller", controller)
+    finally:
+        cache.close()
+
+
 def export(out: str) -> dict[str, str]:
     """`blkid -o export` without DEVNAME, which names the file probed."""
     return dict(line.split("=", 1) for line in out.splitlines() if line and not line.startswith("DEVNAME="))

@@ -26,13 +26,13 @@ from tests.integration.storage_helpers import (
     MIB,
     SECTOR,
     Controller,
-    MountCache,
     diskstats,
     expected_lsblk,
     hash_outside,
     image_slice,
     lsblk,
     mounted,
+    per_controller_mounts,
     sfdisk_image,
     sha,
 )
@@ -77,11 +77,8 @@ def ctrl(request: pytest.FixtureRequest) -> Controller:
 
 @pytest.fixture(scope="module")
 def mounts(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Mounted]]:
-    cache = MountCache(lambda key: tmp_path_factory.mktemp(f"mnt-{key}"))
-    try:
-        yield lambda controller: cache.get(controller, image, "--controller", controller)
-    finally:
-        cache.close()
+    with per_controller_mounts(image, tmp_path_factory) as get:
+        yield get
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,12 @@ from tests.integration.storage_helpers import (
     SECTOR,
     SWAP_UUID,
     Controller,
-    MountCache,
     build_gpt_image,
     diskstats,
     expected_lsblk,
     export,
     lsblk,
+    per_controller_mounts,
     run,
 )
 
@@ -81,11 +81,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def mounts(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Mounted]]:
     """One mount per controller, made on first use and unmounted when the module is done."""
-    cache = MountCache(lambda key: tmp_path_factory.mktemp(f"mnt-{key}"))
-    try:
-        yield lambda controller: cache.get(controller, image, "--controller", controller)
-    finally:
-        cache.close()
+    with per_controller_mounts(image, tmp_path_factory) as get:
+        yield get
 
 
 @pytest.fixture(scope="module", params=CONTROLLERS)
