@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rinuxfs.errors import KernelError
 from rinuxfs.printk import LogRecord
-from rinuxfs.units import parse_size
+from rinuxfs.units import format_size, parse_size
 
 log = logging.getLogger("rinuxfs")
 _PRINTK_TO_LOGGING = [logging.CRITICAL] * 3 + [logging.ERROR, logging.WARNING, logging.INFO, logging.INFO,
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("mountpoint", type=Path)
     m.add_argument("--controller", choices=("nvme", "ahci"), default="nvme")
     m.add_argument("--mem", type=_size_arg, default=parse_size("256M"), help="simulated RAM (default 256M)")
+    m.add_argument("--mem-prealloc", action="store_true",
+                   help="fault all of the simulated RAM in on the host at mount (QEMU's -mem-prealloc)")
+    m.add_argument("--numa", type=int, default=1, help="split RAM into N NUMA nodes (default 1)")
     m.add_argument("--cpus", type=int, default=2, help="simulated CPUs (default 2)")
     m.add_argument("--tmpfs-size", type=_size_arg, default=None, help="rootfs size limit (default: half of --mem)")
     m.add_argument("--lba-size", type=int, choices=(512, 4096), default=512,
@@ -129,6 +132,25 @@ def _echo_to_logging(record: LogRecord) -> None:
             record.text)
 
 
+def host_mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _warn_if_larger_than_host(mem: int) -> None:
+    """A machine larger than the host works (its RAM is mapped, not taken), but filling it would exhaust the host."""
+    available = host_mem_available()
+    if available is not None and mem > available:
+        print(f"rinuxfs mount: warning: --mem {format_size(mem)} is more than the host's available memory "
+              f"({format_size(available)}): filling it would exhaust the host", file=sys.stderr)
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     from rinuxfs.kernel import Kernel, KernelConfig
 
@@ -137,7 +159,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise UsageError("/dev/fuse is missing: install fuse3 (scripts/setup does) and load the fuse module")
     config = KernelConfig(image=args.image.resolve(), controller=args.controller, mem=args.mem, cpus=args.cpus,
                           tmpfs_size=args.tmpfs_size, read_only=args.ro, force_gpt=args.force_gpt,
-                          lba_size=args.lba_size)
+                          lba_size=args.lba_size, numa=args.numa, mem_prealloc=args.mem_prealloc)
+    _warn_if_larger_than_host(args.mem)
     logging.basicConfig(level=args.log_level.upper(), format="rinuxfs: %(message)s")
     if args.foreground:
         kernel = Kernel(config, _echo_to_logging)

@@ -76,7 +76,8 @@ def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> Non
     ops = RinuxOperations(kernel)
     pyfuse3.init(ops, str(mountpoint), mount_options(may_allow_other()))
     kernel.log.info(f"rinuxfs: mounted on {mountpoint}")
-    kernel.mm.ram.populate_in_background(lambda: kernel.log.info("rinuxfs: RAM populated"))
+    if kernel.config.mem_prealloc:
+        kernel.mm.ram.prealloc(lambda: kernel.log.info("rinuxfs: RAM populated"))
     on_ready()
     stopped_by_signal = False
     ended_by_host = False

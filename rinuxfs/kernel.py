@@ -27,14 +27,22 @@ from rinuxfs.fs.devfs import DevSuperBlock
 from rinuxfs.fs.procfs import ProcSuperBlock
 from rinuxfs.fs.sysfs import SysSuperBlock
 from rinuxfs.fs.sysfs_block import add_disk
+from rinuxfs.fs.sysfs_mm import build_mm_sysfs
 from rinuxfs.fs.tmpfs import TmpfsSuperBlock
 from rinuxfs.fs.vfs import ROOT_CRED, Credentials, Vfs
 from rinuxfs.hw.image import DiskImage
 from rinuxfs.hw.irq import IrqChip
 from rinuxfs.hw.nvme import NvmeController
-from rinuxfs.hw.ram import PAGE_SIZE
+from rinuxfs.hw.ram import MAX_RAM, PAGE_SIZE
 from rinuxfs.mm.bdev_mapping import BlockDeviceMapping
-from rinuxfs.mm.core import MemoryManager
+from rinuxfs.mm.core import MAX_NUMNODES, MemoryManager
+from rinuxfs.mm.memblock import (
+    KERNEL_BSS_KB,
+    KERNEL_CODE_KB,
+    KERNEL_INIT_KB,
+    KERNEL_RODATA_KB,
+    KERNEL_RWDATA_KB,
+)
 from rinuxfs.printk import KernelLog, LogRecord
 from rinuxfs.sched import Clock, CpuAccounting, LoadAverage, TaskTable
 from rinuxfs.units import format_size
@@ -83,7 +91,7 @@ def string_get_size(size: int, blk_size: int, divisor: int) -> str:
 
 
 MIN_MEM = 16 << 20  # below this the kernel's own reserves leave nothing to run on
-MAX_MEM = 16 << 30  # the frame tables are Python lists: keep boot quick and the host safe
+MAX_MEM = MAX_RAM  # x86-64's 46-bit physical address space: 64 TiB
 
 
 @dataclass
@@ -96,6 +104,8 @@ class KernelConfig:
     read_only: bool = False
     force_gpt: bool = False
     lba_size: int = 512
+    numa: int = 1
+    mem_prealloc: bool = False
 
 
 @dataclass
@@ -154,44 +164,75 @@ class Kernel:
         u = self.utsname
         self.log.info(f"Linux version {u.release} (rinuxfs@simulator) (rinuxfs {__version__}) {u.version}")
         c = self.config
-        cmdline = f"console=ttyS0 mem={c.mem >> 20}M nr_cpus={c.cpus}" + (" gpt" if c.force_gpt else "")
+        cmdline = f"console=ttyS0 mem={c.mem >> 20}M nr_cpus={c.cpus}" + (" gpt" if c.force_gpt else "") \
+            + (f" numa=fake={c.numa}" if c.numa > 1 else "")
         self.log.info(f"Command line: {cmdline}")
 
     def _boot_mm(self) -> MemoryManager:
-        mem = self.config.mem
+        c = self.config
+        mem = c.mem
         if not MIN_MEM <= mem <= MAX_MEM or mem % PAGE_SIZE:
             raise KernelError(
                 errno.EINVAL,
                 f"--mem {format_size(mem)}: RAM must be a multiple of 4K between {format_size(MIN_MEM)}"
                 f" and {format_size(MAX_MEM)}",
             )
+        if not 1 <= c.numa <= MAX_NUMNODES:
+            raise KernelError(errno.EINVAL, f"--numa {c.numa}: nodes must number between 1 and {MAX_NUMNODES}")
         try:
-            mm = MemoryManager(mem, self.config.cpus)
+            mm = MemoryManager(mem, c.cpus, c.numa, prealloc=c.mem_prealloc, current_cpu=self.current_cpu)
         except ValueError as e:
             raise KernelError(errno.EINVAL, f"bad --mem: {e}") from None
         except KernelError as e:
-            raise KernelError(e.errno, f"--mem {self.config.mem >> 20}M is too small to boot: {e.args[0]}") from None
-        a = mm.allocator
-        self.log.info("Zone ranges:")
-        for zone in a.zones[:3]:
-            if zone.spanned:
-                end = (zone.start_pfn + zone.spanned) * PAGE_SIZE - 1
-                self.log.info(f"  {zone.name:<8} [mem {zone.start_pfn * PAGE_SIZE:#018x}-{end:#018x}]")
-            else:
-                self.log.info(f"  {zone.name:<8} empty")
-        total_kb = a.nr_frames * PAGE_SIZE // 1024
-        avail_kb = a.totalram_pages * PAGE_SIZE // 1024
-        self.log.info(
-            f"Memory: {avail_kb}K/{total_kb}K available ({a.reserved_pages * 4}K reserved, 0K cma-reserved)"
-        )
-        self.log.info(f"min_free_kbytes: {a.min_free_kbytes}")
+            if e.errno == errno.EINVAL:
+                raise
+            raise KernelError(e.errno, f"--mem {format_size(mem)} is too small to boot: {e.args[0]}") from None
+        self._log_memory_layout(mm)
         return mm
+
+    def _log_memory_layout(self, mm: MemoryManager) -> None:
+        """The boot lines Linux prints about memory, from the machine that was built."""
+        a, mb = mm.allocator, mm.memblock
+        last = mb.nr_frames * PAGE_SIZE - 1
+        if len(a.nodes) > 1:
+            for node in a.nodes:
+                lo, hi = node.start_pfn * PAGE_SIZE, node.end_pfn * PAGE_SIZE
+                self.log.info(f"Faking node {node.nid} at [mem {lo:#018x}-{hi - 1:#018x}] ({(hi - lo) >> 20}MB)")
+        self.log.info("Zone ranges:")
+        limits = ((PAGE_SIZE, (16 << 20) - 1), (16 << 20, (4 << 30) - 1), (4 << 30, last))
+        for name, (lo, hi) in zip(("DMA", "DMA32", "Normal"), limits, strict=True):
+            if lo <= last:
+                self.log.info(f"  {name:<8} [mem {lo:#018x}-{min(hi, last):#018x}]")
+            else:
+                self.log.info(f"  {name:<8} empty")
+        self.log.info(f"  {'Device':<8} empty")
+        self.log.info("Movable zone start for each node")
+        self.log.info("Early memory node ranges")
+        for node in a.nodes:
+            for start, end in mb.usable:
+                lo, hi = max(start, node.start_pfn), min(end, node.end_pfn)
+                if lo < hi:
+                    self.log.info(f"  node {node.nid:3d}: [mem {lo * PAGE_SIZE:#018x}-{hi * PAGE_SIZE - 1:#018x}]")
+        for node in a.nodes:
+            first = max(node.start_pfn, mb.usable[0][0])
+            self.log.info(f"Initmem setup node {node.nid} [mem {first * PAGE_SIZE:#018x}-"
+                          f"{node.end_pfn * PAGE_SIZE - 1:#018x}]")
+        present = sum(n.present for n in a.nodes)
+        kb = PAGE_SIZE // 1024
+        self.log.info(
+            f"Memory: {a.totalram_pages * kb}K/{present * kb}K available ({KERNEL_CODE_KB}K kernel code, "
+            f"{KERNEL_RWDATA_KB}K rwdata, {KERNEL_RODATA_KB}K rodata, {KERNEL_INIT_KB}K init, {KERNEL_BSS_KB}K bss, "
+            f"{(present - a.totalram_pages) * kb}K reserved, 0K cma-reserved)"
+        )
+        if mm.raised_min_free_kbytes is None:
+            self.log.info(f"min_free_kbytes: {a.min_free_kbytes}")
 
     def _boot_cpus(self) -> CpuSet:
         n = self.config.cpus
         cpus = CpuSet(possible=n, online=set(range(n)))
         self.log.info("smp: Bringing up secondary CPUs ...")
-        self.log.info(f"smp: Brought up 1 node, {n} CPU{'s' if n > 1 else ''}")
+        nodes = self.config.numa
+        self.log.info(f"smp: Brought up {nodes} node{'s' if nodes > 1 else ''}, {n} CPU{'s' if n > 1 else ''}")
         return cpus
 
     def _boot_tasks(self) -> None:
@@ -287,6 +328,7 @@ class Kernel:
         self.vfs.mount(self.procfs, "/proc", "rw,nosuid,nodev,noexec,relatime")
         self.sysfs = SysSuperBlock(self.vfs, self)
         self.vfs.mount(self.sysfs, "/sys", "rw,nosuid,nodev,noexec,relatime")
+        build_mm_sysfs(self.sysfs.root, self)
         self.devfs = DevSuperBlock(self.vfs)
         self.vfs.mount(self.devfs, "/dev", "rw,nosuid,relatime")
         for disk in self.block.disks:
@@ -300,6 +342,11 @@ class Kernel:
 
     def current_pid(self) -> int:
         return self.current.pid
+
+    def current_cpu(self) -> int:
+        """The CPU serving the current request: the task's, placed by pid over the online CPUs."""
+        online = sorted(self.cpus.online) if hasattr(self, "cpus") else [0]
+        return online[self.current.pid % len(online)]
 
     def timer_ticks(self) -> list[int]:
         """Local timer interrupts per CPU: one per jiffy while the CPU is online (HZ = USER_HZ here)."""

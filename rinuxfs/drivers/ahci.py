@@ -316,11 +316,7 @@ class AhciDriver:
 
     def _port_start(self) -> None:
         """ahci_port_start + ahci_start_fis_rx: one zeroed DMA block, its addresses in CLB/FB, then FRE."""
-        pfns = self.mm.alloc_pages(PORT_MEM_PAGES)
-        if pfns != list(range(pfns[0], pfns[0] + PORT_MEM_PAGES)):
-            self.mm.free_pages(pfns)
-            raise KernelError(errno.ENOMEM, f"ata{self.ata_port}: no {PORT_MEM_PAGES} contiguous pages for the port")
-        self.mem = pfns[0] << PAGE_SHIFT
+        self.mem = self.mm.alloc_pages_exact(PORT_MEM_PAGES) << PAGE_SHIFT
         size = PORT_MEM_PAGES << PAGE_SHIFT
         self.mm.ram.view[self.mem : self.mem + size] = bytes(size)
         clb, fb = self.mem + CMD_LIST_OFFSET, self.mem + RX_FIS_OFFSET

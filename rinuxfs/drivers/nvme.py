@@ -180,11 +180,7 @@ class NvmeDriver:
 
     def _contiguous(self, pages: int) -> int:
         """Physically contiguous frames for a queue (CAP.CQR)."""
-        pfns = self.mm.alloc_pages(pages)
-        if pfns != list(range(pfns[0], pfns[0] + pages)):
-            self.mm.free_pages(pfns)
-            raise KernelError(errno.ENOMEM, f"{self.name}: no {pages} contiguous pages for a queue")
-        return pfns[0] << PAGE_SHIFT
+        return self.mm.alloc_pages_exact(pages) << PAGE_SHIFT
 
     def _request_irq(self, q: _Queue, vector: int) -> None:
         cpu = max(0, q.qid - 1)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from rinuxfs.errors import KernelError
 from rinuxfs.fs.kernfs import GenDir
+from rinuxfs.fs.procfs_mm import build_proc_sys_vm, render_buddyinfo, render_pagetypeinfo, render_zoneinfo
 from rinuxfs.fs.superblock import StatFs, SuperBlock
 from rinuxfs.fs.vfs import Inode, Vfs
 from rinuxfs.mm.vmstat import vmstat
@@ -55,7 +56,10 @@ def build_proc_tree(root: GenDir, k: Kernel) -> None:
     root.file("swaps", lambda: "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n")
     root.file("partitions", lambda: k.block.render_partitions())
     root.file("diskstats", lambda: k.block.render_diskstats())
-    root.file("interrupts", lambda: k.irqs.render(k.cpus.online, k.timer_ticks()))
+    root.file("interrupts", lambda: k.irqs.render(k.cpus.online, k.timer_ticks(), k.mm.tlb_shootdowns))
+    root.file("buddyinfo", lambda: render_buddyinfo(k.mm))
+    root.file("pagetypeinfo", lambda: render_pagetypeinfo(k.mm), mode=0o400)
+    root.file("zoneinfo", lambda: render_zoneinfo(k.mm, sorted(k.cpus.online)))
     root.file("kmsg", lambda: k.log.render_kmsg(), mode=0o400)
     root.add_symlink("mounts", "self/mounts")
     root.add_symlink("self", lambda: str(k.current_pid()))
@@ -69,6 +73,7 @@ def build_proc_tree(root: GenDir, k: Kernel) -> None:
     kernel.file("domainname", lambda: f"{uts.domainname}\n", store=lambda v: _set_uts(k, "domainname", v))
     kernel.file("pid_max", lambda: f"{PID_MAX}\n")
     kernel.path("random", mode=0o555).file("boot_id", lambda: f"{k.boot_id}\n")
+    build_proc_sys_vm(root.path("sys/vm", mode=0o555), k)
     root.dynamic(
         keys=lambda: [str(t.pid) for t in k.tasks.list()],
         exists=lambda key: key.isdigit() and k.tasks.get(int(key)) is not None,
@@ -149,7 +154,7 @@ def render_cpuinfo(k: Kernel) -> str:
             "cpuid level\t: 13\n"
             "wp\t\t: yes\n"
             "flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr "
-            "sse sse2 ht syscall nx lm constant_tsc rep_good nopl xtopology cpuid pni ssse3 cx16 sse4_1 sse4_2 "
+            "sse sse2 ht syscall nx pdpe1gb lm constant_tsc rep_good nopl xtopology cpuid pni ssse3 cx16 sse4_1 sse4_2 "
             "x2apic popcnt hypervisor lahf_lm\n"
             "bugs\t\t:\n"
             f"bogomips\t: {cpus.mhz * 2:.2f}\n"

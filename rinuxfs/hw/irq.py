@@ -52,8 +52,11 @@ class IrqChip:
     def total(self) -> int:
         return sum(sum(line.counts) for line in self.lines.values())
 
-    def render(self, online: set[int], timer_counts: list[int]) -> str:
-        """/proc/interrupts (fs/proc/interrupts.c show_interrupts), for the online CPUs."""
+    def render(self, online: set[int], timer_counts: list[int], tlb_counts: list[int] | None = None) -> str:
+        """/proc/interrupts (fs/proc/interrupts.c show_interrupts), for the online CPUs.
+
+        The TLB row (arch_show_interrupts) counts shootdown IPIs each CPU received.
+        """
         cpus = sorted(online)
         out = [" " * 4 + "".join(f"CPU{c:<8d}" for c in cpus).rstrip() + "\n"]
         out.append(f"{0:>3}: " + "".join(f"{timer_counts[c]:10d} " for c in cpus) + " IO-APIC    2-edge      timer\n")
@@ -61,5 +64,7 @@ class IrqChip:
             line = self.lines[irq]
             counts = "".join(f"{line.counts[c]:10d} " for c in cpus)
             out.append(f"{irq:>3}: {counts} {line.chip:<8} {line.hwirq:<8}    {line.name}\n")
+        if tlb_counts is not None:
+            out.append("TLB: " + "".join(f"{tlb_counts[c]:10d} " for c in cpus) + "  TLB shootdowns\n")
         out.append(f"ERR: {self.spurious:10d}\n")
         return "".join(out)

@@ -37,6 +37,7 @@ class BlockDeviceMapping:
         self.bdev = bdev
         self.pages: OrderedDict[int, int] = OrderedDict()  # index -> pfn, least recently used first
         self.dirty: set[int] = set()
+        self.mapping_id = mm.register_mapping(self)
         mm.register_shrinker(self.shrink)
 
     @property
@@ -94,7 +95,8 @@ class BlockDeviceMapping:
             raise
         for index, pfn in zip(missing, pfns, strict=True):
             self.pages[index] = pfn
-        self.mm.account(BDEV_PAGE_ITEMS, len(missing))
+        self.mm.account(BDEV_PAGE_ITEMS, pfns)
+        self.mm.memmap.set_owner(pfns, self.mapping_id, missing)
         self.mm.events["pgpgin"] += len(missing) * (PAGE_SIZE // 1024)
 
     def _bio(self, op: ReqOp, run: list[tuple[int, int]]) -> Bio:
@@ -159,13 +161,15 @@ class BlockDeviceMapping:
                 pfns = self.mm.alloc_pages(len(full))
                 for index, pfn in zip(full, pfns, strict=True):
                     self.pages[index] = pfn
-                self.mm.account(BDEV_PAGE_ITEMS, len(full))
+                self.mm.account(BDEV_PAGE_ITEMS, pfns)
+                self.mm.memmap.set_owner(pfns, self.mapping_id, full)
             if all(i in self.pages for i in range(first, last + 1)):
                 break
         else:
             raise KernelError(errno.ENOMEM, "block device cache: memory too short to hold one write")
         ram = self.mm.ram.view
         pos, done = offset, 0
+        newly_dirty: list[int] = []
         for i in range(first, last + 1):
             pfn = self.pages[i]
             self.pages.move_to_end(i)
@@ -176,7 +180,8 @@ class BlockDeviceMapping:
             done += chunk
             if i not in self.dirty:
                 self.dirty.add(i)
-                self.mm.account(("nr_dirty",), 1)
+                newly_dirty.append(pfn)
+        self.mm.account(("nr_dirty",), newly_dirty)
         return done
 
     def _balance_dirty_pages(self, incoming: int) -> None:
@@ -203,13 +208,14 @@ class BlockDeviceMapping:
                 run = []
             run.append((index, self.pages[index]))
         bios.append(self._bio(ReqOp.WRITE, run))
-        self.mm.account(("nr_writeback",), len(order))
+        pfns = [self.pages[index] for index in order]
+        self.mm.account(("nr_writeback",), pfns)
         try:
             self.bdev.submit(bios)
         finally:
-            self.mm.account(("nr_writeback",), -len(order))
+            self.mm.account(("nr_writeback",), pfns, -1)
         self.dirty.clear()
-        self.mm.account(("nr_dirty",), -len(order))
+        self.mm.account(("nr_dirty",), pfns, -1)
         self.mm.events["pgpgout"] += len(order) * (PAGE_SIZE // 1024)
 
     def flush(self) -> None:
@@ -226,8 +232,8 @@ class BlockDeviceMapping:
                     break
         freed = [self.pages.pop(index) for index in victims]
         if freed:
+            self.mm.account(BDEV_PAGE_ITEMS, freed, -1)
             self.mm.free_pages(freed)
-            self.mm.account(BDEV_PAGE_ITEMS, -len(freed))
         return len(freed)
 
     def invalidate(self) -> None:

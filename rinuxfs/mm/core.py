@@ -1,33 +1,63 @@
-"""The memory manager of node 0: RAM, the page allocator, and the counters behind /proc.
+"""The memory manager: RAM, its nodes and zones, the page allocator's policy, and the counters behind /proc.
 
 Contract:
 - Every frame the daemon holds data in comes from `alloc_pages` and goes back
-  through `free_pages`, so MemFree is always the allocator's free count.
-- Owners of pages (tmpfs address spaces, the kernel's own slab and stacks)
-  report what they hold through `account`, which keeps the node counters that
-  /proc/meminfo and /proc/vmstat render; nothing else writes them.
-- Owners of pages that can be dropped (clean block-device cache pages)
-  register a shrinker. When an allocation would take the zones below their
-  low watermark, reclaim frees pages up to the high watermark first (kswapd's
-  job, done inline here); when an allocation fails, direct reclaim frees what
-  it needs and the allocation is retried once, then ENOMEM.
-  Swap and the OOM killer come with the memory-management issue.
+  through `free_pages`, so MemFree is always the buddy allocators' free count,
+  and every allocated frame has a struct page in `memmap`.
+- An allocation prefers the node of the CPU serving the request
+  (`current_cpu`) and falls back by distance. It takes frames above each
+  zone's low watermark; short of them it reclaims to the high watermark
+  (kswapd's job, done inline here) and retries down to the min watermark;
+  then direct reclaim, one more try, and ENOMEM.
+- Owners of pages report what they hold through `account(items, pfns)`: the
+  named counters move in each frame's zone, its node and the machine total,
+  which zoneinfo, node meminfo and /proc/meminfo render; nothing else writes
+  them, so the three always agree.
+- Owners of pages that can be dropped (clean block-device cache) register a
+  shrinker. Swap and the OOM killer come with the next memory issue.
+- Free blocks of pageblock order or more are handed back to the host
+  (MADV_DONTNEED, like virtio-balloon's free page reporting) unless the RAM
+  was preallocated (`prealloc`).
 """
 
 from __future__ import annotations
 
+import errno
+import weakref
+from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from rinuxfs.errors import KernelError
-from rinuxfs.hw.ram import PAGE_SIZE, PhysicalMemory
-from rinuxfs.mm.page_alloc import PageAllocator
+from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
+from rinuxfs.mm.buddy import MIGRATE_MOVABLE, MIGRATE_RECLAIMABLE, MIGRATE_UNMOVABLE
+from rinuxfs.mm.hugetlb import HugetlbPools
+from rinuxfs.mm.memblock import Memblock
+from rinuxfs.mm.memmap import PG, MemMap
+from rinuxfs.mm.page_alloc import (
+    WMARK_HIGH,
+    WMARK_LOW,
+    WMARK_MIN,
+    ZONE_MOVABLE,
+    ZONE_NORMAL,
+    PageAllocator,
+    Zone,
+    runs_to_pfns,
+    to_runs,
+)
+from rinuxfs.mm.pgtable import DirectMap
 
 KIB_PER_PAGE = PAGE_SIZE // 1024
+NODE_ALIGN = (32 << 20) >> PAGE_SHIFT  # FAKE_NODE_MIN_SIZE: NUMA emulation's node granule
+MAX_NUMNODES = 1024  # NODES_SHIFT 10, as distribution kernels build
 
-# Kernel-internal memory a booted 6.x kernel holds, as a fraction of RAM (per mille),
-# taken from the allocator at boot so that MemFree and the kernel's own use add up.
-_BOOT_KERNEL_USE = {"nr_slab_reclaimable_pages": 6, "nr_slab_unreclaimable_pages": 4, "nr_page_table_pages": 1}
+# Kernel-internal memory a booted 6.x kernel holds, as a fraction of RAM (per mille) with a ceiling,
+# taken from the buddy allocator at boot so that MemFree and the kernel's own use add up.
+_BOOT_KERNEL_USE = {  # item: (per mille, ceiling in MiB, migrate type)
+    "nr_slab_reclaimable_pages": (6, 256, MIGRATE_RECLAIMABLE),
+    "nr_slab_unreclaimable_pages": (4, 128, MIGRATE_UNMOVABLE),
+    "nr_page_table_pages": (1, 16, MIGRATE_UNMOVABLE),
+}
 _KERNEL_STACK_KB_PER_TASK = 16
 _PERCPU_KB_PER_CPU = 476
 VMALLOC_TOTAL_KB = 34359738367
@@ -36,49 +66,176 @@ SWAP_CLUSTER_MAX = 32  # pages reclaim works on at a time
 Shrinker = Callable[[int], int]  # free up to n pages, return how many were freed
 
 
-class MemoryManager:
-    """RAM of one node, its zones, and the node-wide page counters (pglist_data)."""
+def node_ranges(nr_frames: int, nr_nodes: int) -> list[tuple[int, int]]:
+    """RAM split into `nr_nodes` equal nodes on 32 MiB boundaries (numa=fake=N), the last taking the rest."""
+    per = nr_frames // nr_nodes // NODE_ALIGN * NODE_ALIGN
+    if nr_nodes > 1 and per < NODE_ALIGN:
+        raise KernelError(errno.EINVAL, f"--numa {nr_nodes}: each node needs at least 32M of RAM "
+                                        f"(--mem {nr_frames * PAGE_SIZE >> 20}M is too small for {nr_nodes} nodes)")
+    if nr_nodes == 1:
+        return [(0, nr_frames)]
+    return [(i * per, (i + 1) * per if i < nr_nodes - 1 else nr_frames) for i in range(nr_nodes)]
 
-    def __init__(self, mem_size: int, nr_cpus: int) -> None:
-        self.ram = PhysicalMemory(mem_size)
-        self.allocator = PageAllocator(self.ram.nr_frames)
+
+def cpus_of_nodes(nr_cpus: int, nr_nodes: int) -> list[set[int]]:
+    """CPUs spread over the nodes in contiguous blocks, as QEMU's default -numa assignment does."""
+    nodes: list[set[int]] = [set() for _ in range(nr_nodes)]
+    for cpu in range(nr_cpus):
+        nodes[cpu * nr_nodes // nr_cpus].add(cpu)
+    return nodes
+
+
+class MemoryManager:
+    """All of the machine's memory: RAM, nodes, zones, the allocator's policy and the page counters."""
+
+    def __init__(self, mem_size: int, nr_cpus: int, nr_nodes: int = 1, prealloc: bool = False,
+                 current_cpu: Callable[[], int] = lambda: 0) -> None:
+        if not 1 <= nr_nodes <= MAX_NUMNODES:
+            raise KernelError(errno.EINVAL, f"--numa must be between 1 and {MAX_NUMNODES}, not {nr_nodes}")
         self.nr_cpus = nr_cpus
-        self.node = Counter[str]()  # node_stat_item gauges, in pages
-        self.events = Counter[str]()  # vm_event_item counters
-        self._boot_pages: list[int] = []
-        for item, per_mille in _BOOT_KERNEL_USE.items():
-            n = max(1, self.allocator.totalram_pages * per_mille // 1000)
-            self._boot_pages += self.alloc_pages(n)
-            self.node[item] += n
-        percpu_pages = -(-_PERCPU_KB_PER_CPU * nr_cpus // KIB_PER_PAGE)
-        self._boot_pages += self.alloc_pages(percpu_pages)
+        self.prealloc = prealloc
+        self.current_cpu = current_cpu
+        ranges = node_ranges(mem_size >> PAGE_SHIFT, nr_nodes)
+        node_cpus = cpus_of_nodes(nr_cpus, nr_nodes)
+        self.cpu_to_node = [next(n for n, cpus in enumerate(node_cpus) if c in cpus) for c in range(nr_cpus)]
+        self.ram = PhysicalMemory(mem_size)
+        try:
+            self.memblock = Memblock.boot(self.ram.nr_frames, ranges)
+            self.direct_map = DirectMap.build(self.ram, self.memblock)
+            percpu_pages = -(-_PERCPU_KB_PER_CPU * nr_cpus // KIB_PER_PAGE)
+            self.memblock.alloc_top_down(percpu_pages, *ranges[0], "percpu")
+        except MemoryError as e:
+            self.ram.close()
+            raise KernelError(errno.ENOMEM, str(e)) from None
         self.percpu_kb = percpu_pages * KIB_PER_PAGE
+        self.allocator = PageAllocator(self.memblock, ranges, node_cpus)
+        self._node_starts = [n.start_pfn for n in self.allocator.nodes]
+        self.memmap = MemMap()
+        self.total = Counter[str]()  # node_stat_item gauges summed over nodes, in pages
+        self.events = Counter[str]()  # vm_event_item counters
         self.kernel_stack_kb = 0
         self.committed_pages = 0
         self.shrinkers: list[Shrinker] = []
+        self.mappings: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
+        self._next_mapping_id = 0
         self._reclaiming = False
+        self.tlb_shootdowns = [0] * nr_cpus  # per receiving CPU; nothing here remaps what other CPUs hold
+        self._boot_kernel_use()
+        self.thp_enabled = "madvise"
+        self.thp_defrag = "madvise"
+        self.thp_shmem_enabled = "never"
+        self.raised_min_free_kbytes = self.allocator.set_recommended_min_free_kbytes()
+        self.hugetlb = HugetlbPools(nr_nodes, [n.nid for n in self.allocator.nodes if n.present],
+                                    self._alloc_huge_block, self._free_huge_block)
+
+    # --- boot --------------------------------------------------------------------------
+
+    def _boot_kernel_use(self) -> None:
+        managed = self.allocator.totalram_pages
+        for item, (per_mille, ceiling_mib, mt) in _BOOT_KERNEL_USE.items():
+            n = max(1, min(managed * per_mille // 1000, ceiling_mib << (20 - PAGE_SHIFT)))
+            runs = self.allocator.alloc(n, 0, 0, mt=mt, highest_zoneidx=ZONE_NORMAL, mark=None)
+            got = sum(c for _, c in runs)
+            if got < n:
+                raise KernelError(errno.ENOMEM, f"out of memory at boot ({item})")
+            self.memmap.allocated(runs, PG.reserved)
+            for pfn, c in runs:
+                self.account_run((item,), pfn, c)
 
     # --- frames ------------------------------------------------------------------------
 
-    def alloc_pages(self, count: int) -> list[int]:
+    def numa_node_id(self) -> int:
+        cpu = self.current_cpu()
+        return self.cpu_to_node[cpu] if 0 <= cpu < len(self.cpu_to_node) else 0
+
+    def alloc_pages(self, count: int, mt: int = MIGRATE_MOVABLE) -> list[int]:
+        """`count` order-0 frames, from the preferred node down its zonelist; ENOMEM when reclaim cannot help."""
         if count <= 0:
             return []
-        try:
-            pfns = self.allocator.alloc_pages(count)
-        except KernelError:
-            if not self._reclaim(count + SWAP_CLUSTER_MAX, "direct"):
-                raise
-            pfns = self.allocator.alloc_pages(count)
-        self.events["pgalloc_" + self.allocator.zone_of(pfns[0]).name.lower()] += count
-        if self.allocator.nr_free_pages < self._watermark("wmark_low"):
-            self._reclaim(self._watermark("wmark_high") - self.allocator.nr_free_pages, "kswapd")
+        runs = self._alloc_runs(count, mt)
+        self.memmap.allocated(runs)
+        pfns = runs_to_pfns(runs)
+        if self.allocator.nr_free_pages < self.allocator.wmark_sum(WMARK_LOW):
+            self._reclaim(self.allocator.wmark_sum(WMARK_HIGH) - self.allocator.nr_free_pages, "kswapd")
         return pfns
+
+    def _alloc_runs(self, count: int, mt: int) -> list[tuple[int, int]]:
+        a = self.allocator
+        nid = local = self.numa_node_id()
+        runs = a.alloc(count, nid, local, mt, ZONE_MOVABLE, WMARK_LOW)
+        got = sum(c for _, c in runs)
+        for step in ("kswapd", "min", "direct", "last"):
+            if got >= count:
+                break
+            if step == "kswapd":
+                self._reclaim(a.wmark_sum(WMARK_HIGH) - a.nr_free_pages + count - got, "kswapd")
+            elif step == "direct":
+                self._reclaim(count - got + SWAP_CLUSTER_MAX, "direct")
+            more = a.alloc(count - got, nid, local, mt, ZONE_MOVABLE, WMARK_MIN)
+            runs += more
+            got += sum(c for _, c in more)
+        if got < count:
+            a.free_runs(runs)
+            raise KernelError(errno.ENOMEM, f"out of memory: {count} pages wanted, free pages at the min watermark")
+        return runs
+
+    def alloc_block(self, order: int, nid: int | None = None, thisnode: bool = False,
+                    mark: int | None = WMARK_MIN) -> int | None:
+        """One naturally aligned block of 2^order frames (huge pages, contiguous buffers), or None."""
+        local = self.numa_node_id()
+        pfn = self.allocator.alloc_order(order, local if nid is None else nid, local, mark=mark, thisnode=thisnode)
+        if pfn is not None:
+            self.memmap.allocated([(pfn, 1 << order)])
+        return pfn
+
+    def alloc_pages_exact(self, count: int) -> int:
+        """`count` physically contiguous frames (alloc_pages_exact: a block of the next order, its tail freed)."""
+        order = max(0, (count - 1).bit_length())
+        pfn = self.alloc_block(order, mark=WMARK_MIN)
+        if pfn is None:
+            self._reclaim(1 << order, "direct")
+            pfn = self.alloc_block(order, mark=WMARK_MIN)
+        if pfn is None:
+            raise KernelError(errno.ENOMEM, f"out of memory: no {count} contiguous pages")
+        if count < 1 << order:
+            self._free_runs([(pfn + count, (1 << order) - count)])
+        return pfn
+
+    def free_block(self, pfn: int, order: int) -> None:
+        self._free_runs([(pfn, 1 << order)])
+
+    def free_pages(self, pfns: Sequence[int]) -> None:
+        if pfns:
+            self._free_runs(to_runs(pfns))
+
+    def _free_runs(self, runs: list[tuple[int, int]]) -> None:
+        self.memmap.freed(runs)
+        big = self.allocator.free_runs(runs)
+        if not self.prealloc:
+            for pfn, n in big:
+                self.ram.discard(pfn, n)
+
+    def _alloc_huge_block(self, order: int, nid: int) -> int | None:
+        pfn = self.alloc_block(order, nid, thisnode=True)
+        if pfn is not None:
+            self.memmap.set_flags([pfn], PG.head | PG.hugetlb)
+            self.account_run(("nr_hugetlb",), pfn, 1 << order)
+        return pfn
+
+    def _free_huge_block(self, pfn: int, order: int) -> None:
+        self.account_run(("nr_hugetlb",), pfn, 1 << order, -1)
+        self.free_block(pfn, order)
+
+    # --- reclaim -----------------------------------------------------------------------
+
+    def register_mapping(self, mapping: object) -> int:
+        """An id for a page-cache mapping, which struct pages name as their owner (page->mapping)."""
+        self._next_mapping_id += 1
+        self.mappings[self._next_mapping_id] = mapping
+        return self._next_mapping_id
 
     def register_shrinker(self, shrinker: Shrinker) -> None:
         self.shrinkers.append(shrinker)
-
-    def _watermark(self, name: str) -> int:
-        return sum(getattr(z, name) + max(z.lowmem_reserve, default=0) for z in self.allocator.zones if z.managed)
 
     def _reclaim(self, target: int, who: str) -> int:
         """Ask the shrinkers for `target` pages, in SWAP_CLUSTER_MAX batches; count it as Linux's vmstat does."""
@@ -88,7 +245,8 @@ class MemoryManager:
         freed = 0
         try:
             if who == "direct":
-                self.events["allocstall_" + self.allocator.zones[self.allocator._highest_populated()].name.lower()] += 1
+                highest = max((z.idx for z in self.allocator.populated_zones()), default=0)
+                self.events[f"allocstall_{('dma', 'dma32', 'normal', 'movable', 'device')[highest]}"] += 1
             else:
                 self.events["pageoutrun"] += 1
             progress = True
@@ -109,15 +267,53 @@ class MemoryManager:
             self._reclaiming = False
         return freed
 
-    def free_pages(self, pfns: list[int]) -> None:
-        self.allocator.free_pages(pfns)
-        self.events["pgfree"] += len(pfns)
+    # --- counters ----------------------------------------------------------------------
 
-    def account(self, items: tuple[str, ...], delta: int) -> None:
-        """Add `delta` pages to each named node counter (e.g. a tmpfs page is shmem, file, anon LRU)."""
-        node = self.node
+    def account(self, items: tuple[str, ...], pfns: Sequence[int], sign: int = 1) -> None:
+        """Move each named counter by ±1 per frame, in the frame's zone, node and the total."""
+        if not pfns:
+            return
+        a = self.allocator
+        if len(a.zone_at) == 1:
+            self._account_zone(items, a.zone_at[0], sign * len(pfns))
+            return
+        ordered = sorted(pfns)
+        bounds, zones = a.zone_bounds, a.zone_at
+        i = bisect_right(bounds, ordered[0]) - 1
+        pos, total = 0, len(ordered)
+        while pos < total:
+            zone = zones[i]
+            end = bisect_left(ordered, zone.end_pfn, pos)
+            if end > pos:
+                self._account_zone(items, zone, sign * (end - pos))
+            pos = end
+            i += 1
+
+    def account_run(self, items: tuple[str, ...], pfn: int, n: int, sign: int = 1) -> None:
+        a = self.allocator
+        end = pfn + n
+        while pfn < end:
+            zone = a.zone_of(pfn)
+            stop = min(end, zone.end_pfn)
+            self._account_zone(items, zone, sign * (stop - pfn))
+            pfn = stop
+
+    def _account_zone(self, items: tuple[str, ...], zone: Zone, delta: int) -> None:
+        zstat = zone.stat
+        nstat = self.allocator.nodes[zone.nid].stat
+        total = self.total
         for item in items:
-            node[item] += delta
+            zstat[item] += delta
+            nstat[item] += delta
+            total[item] += delta
+
+    @property
+    def node(self) -> Counter[str]:
+        """The machine-wide node counters (what /proc/meminfo and /proc/vmstat sum)."""
+        return self.total
+
+    def node_of(self, pfn: int) -> int:
+        return bisect_right(self._node_starts, pfn) - 1
 
     def task_started(self) -> None:
         self.kernel_stack_kb += _KERNEL_STACK_KB_PER_TASK
@@ -129,7 +325,7 @@ class MemoryManager:
 
     def meminfo(self) -> dict[str, int]:
         """The meminfo values in kB, computed as fs/proc/meminfo.c and si_mem_available() do."""
-        a, n = self.allocator, self.node
+        a, n = self.allocator, self.total
         kb = KIB_PER_PAGE
         free = a.nr_free_pages
         file_pages = n["nr_file_pages"]
@@ -139,7 +335,7 @@ class MemoryManager:
         active_anon, inactive_anon = n["nr_active_anon"], n["nr_inactive_anon"]
         active_file, inactive_file = n["nr_active_file"], n["nr_inactive_file"]
         sreclaimable, sunreclaim = n["nr_slab_reclaimable_pages"], n["nr_slab_unreclaimable_pages"]
-        wmark_low = sum(z.wmark_low for z in a.zones if z.managed)
+        wmark_low = a.wmark_sum(WMARK_LOW)
         available = free - a.totalreserve_pages
         pagecache = active_file + inactive_file
         available += pagecache - min(pagecache // 2, wmark_low)
@@ -149,8 +345,11 @@ class MemoryManager:
         available = min(max(available, free), a.totalram_pages)
         swap_total, swap_free = n["swap_total_pages"], n["swap_free_pages"]
         totalram = a.totalram_pages
-        commit_limit = totalram * 50 // 100 + swap_total  # vm.overcommit_ratio = 50
-        direct_map_kb = self.ram.size // 1024
+        h = self.hugetlb
+        hugetlb_pages = h.total_pages()
+        commit_limit = (totalram - hugetlb_pages) * 50 // 100 + swap_total  # vm.overcommit_ratio = 50
+        d = h.default
+        dm = self.direct_map.mapped_kb
         return {
             "MemTotal": totalram * kb,
             "MemFree": free * kb,
@@ -198,15 +397,62 @@ class MemoryManager:
             "FileHugePages": 0,
             "FilePmdMapped": 0,
             "Balloon": 0,
-            "HugePages_Total": 0,
-            "HugePages_Free": 0,
-            "HugePages_Rsvd": 0,
-            "HugePages_Surp": 0,
-            "Hugepagesize": 2048,
-            "Hugetlb": 0,
-            "DirectMap4k": min(direct_map_kb, 16384),
-            "DirectMap2M": max(0, direct_map_kb - 16384),
-            "DirectMap1G": 0,
+            "HugePages_Total": d.nr_huge_pages,
+            "HugePages_Free": d.free_huge_pages,
+            "HugePages_Rsvd": d.resv_huge_pages,
+            "HugePages_Surp": d.surplus_huge_pages,
+            "Hugepagesize": d.size_kb,
+            "Hugetlb": hugetlb_pages * kb,
+            "DirectMap4k": dm[PAGE_SIZE],
+            "DirectMap2M": dm[1 << 21],
+            "DirectMap1G": dm[1 << 30],
+        }
+
+    def node_meminfo(self, nid: int) -> dict[str, int]:
+        """/sys/devices/system/node/nodeN/meminfo, in kB (drivers/base/node.c node_read_meminfo)."""
+        node = self.allocator.nodes[nid]
+        n, kb = node.stat, KIB_PER_PAGE
+        free = node.nr_free
+        sreclaimable, sunreclaim = n["nr_slab_reclaimable_pages"], n["nr_slab_unreclaimable_pages"]
+        d = self.hugetlb.default
+        kernel_stack = self.kernel_stack_kb if nid == 0 else 0
+        return {
+            "MemTotal": node.managed * kb,
+            "MemFree": free * kb,
+            "MemUsed": (node.managed - free) * kb,
+            "SwapCached": n["nr_swapcached"] * kb,
+            "Active": (n["nr_active_anon"] + n["nr_active_file"]) * kb,
+            "Inactive": (n["nr_inactive_anon"] + n["nr_inactive_file"]) * kb,
+            "Active(anon)": n["nr_active_anon"] * kb,
+            "Inactive(anon)": n["nr_inactive_anon"] * kb,
+            "Active(file)": n["nr_active_file"] * kb,
+            "Inactive(file)": n["nr_inactive_file"] * kb,
+            "Unevictable": n["nr_unevictable"] * kb,
+            "Mlocked": n["nr_mlock"] * kb,
+            "Dirty": n["nr_dirty"] * kb,
+            "Writeback": n["nr_writeback"] * kb,
+            "FilePages": n["nr_file_pages"] * kb,
+            "Mapped": n["nr_mapped"] * kb,
+            "AnonPages": n["nr_anon_pages"] * kb,
+            "Shmem": n["nr_shmem"] * kb,
+            "KernelStack": kernel_stack,
+            "PageTables": n["nr_page_table_pages"] * kb,
+            "SecPageTables": 0,
+            "NFS_Unstable": 0,
+            "Bounce": 0,
+            "WritebackTmp": 0,
+            "KReclaimable": sreclaimable * kb,
+            "Slab": (sreclaimable + sunreclaim) * kb,
+            "SReclaimable": sreclaimable * kb,
+            "SUnreclaim": sunreclaim * kb,
+            "AnonHugePages": 0,
+            "ShmemHugePages": 0,
+            "ShmemPmdMapped": 0,
+            "FileHugePages": 0,
+            "FilePmdMapped": 0,
+            "HugePages_Total": d.nr_huge_pages_node[nid],
+            "HugePages_Free": d.free_huge_pages_node[nid],
+            "HugePages_Surp": d.surplus_huge_pages_node[nid],
         }
 
     def close(self) -> None:

@@ -42,6 +42,7 @@ class AddressSpace:
         self.quota = quota
         self.account_items = account_items
         self.pages: dict[int, int] = {}
+        self.mapping_id = mm.register_mapping(self)
 
     @property
     def nrpages(self) -> int:
@@ -103,7 +104,8 @@ class AddressSpace:
             # A new page the write covers only in part must not show a freed frame's stale bytes.
             if index == first_partial or index == last_partial:
                 ram[pfn << PAGE_SHIFT : (pfn + 1) << PAGE_SHIFT] = _ZERO_PAGE
-        self.mm.account(self.account_items, len(indexes))
+        self.mm.account(self.account_items, pfns)
+        self.mm.memmap.set_owner(pfns, self.mapping_id, indexes)
 
     def read(self, offset: int, size: int) -> bytes | memoryview:
         if size <= 0:
@@ -144,6 +146,6 @@ class AddressSpace:
     def _free(self, pfns: list[int]) -> None:
         if not pfns:
             return
+        self.mm.account(self.account_items, pfns, -1)
         self.mm.free_pages(pfns)
-        self.mm.account(self.account_items, -len(pfns))
         self.quota.uncharge(len(pfns))

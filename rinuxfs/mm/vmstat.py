@@ -7,7 +7,9 @@ kernel built without that feature would leave it.
 
 from __future__ import annotations
 
+from rinuxfs.mm.buddy import NR_PAGE_ORDERS, PAGEBLOCK_ORDER
 from rinuxfs.mm.core import MemoryManager
+from rinuxfs.mm.page_alloc import Zone
 
 VMSTAT_ITEMS = (
     "nr_free_pages",
@@ -214,23 +216,52 @@ _ALIASES = {
     "nr_slab_reclaimable": "nr_slab_reclaimable_pages",
     "nr_slab_unreclaimable": "nr_slab_unreclaimable_pages",
 }
+ZONE_EVENT_NAMES = ("dma", "dma32", "normal", "movable", "device")
+NUMA_EVENTS = ("numa_hit", "numa_miss", "numa_foreign", "numa_interleave", "numa_local", "numa_other")
+
+
+def dirty_thresholds(mm: MemoryManager) -> tuple[int, int]:
+    """(background, dirty) thresholds in pages, as global_dirty_limits() computes them with the default ratios."""
+    a, node = mm.allocator, mm.node
+    free = a.nr_free_pages
+    dirtyable = free - min(free, a.totalreserve_pages) + node["nr_inactive_file"] + node["nr_active_file"]
+    thresh = dirtyable * 20 // 100  # vm.dirty_ratio
+    bg = dirtyable * 10 // 100  # vm.dirty_background_ratio
+    if bg >= thresh:
+        bg = thresh // 2
+    return bg, thresh
+
+
+def free_pages_blocks(zones: list[Zone]) -> int:
+    """Free pages in blocks of pageblock order or more (NR_FREE_PAGES_BLOCKS, 6.18)."""
+    total = 0
+    for zone in zones:
+        for row in zone.buddy.counts():
+            total += sum(row[o] << o for o in range(PAGEBLOCK_ORDER, NR_PAGE_ORDERS))
+    return total
 
 
 def vmstat(mm: MemoryManager) -> list[tuple[str, int]]:
     node, events, alloc = mm.node, mm.events, mm.allocator
+    zones = list(alloc.zones())
     free = alloc.nr_free_pages
-    dirtyable = free + node["nr_inactive_file"] + node["nr_active_file"]
+    bg, thresh = dirty_thresholds(mm)
     derived = {
         "nr_free_pages": free,
-        "nr_free_pages_blocks": free,
+        "nr_free_pages_blocks": free_pages_blocks(zones),
         "nr_zone_write_pending": node["nr_dirty"] + node["nr_writeback"],
         "nr_kernel_stack": mm.kernel_stack_kb,
-        "nr_dirty_threshold": dirtyable * 20 // 100,  # vm.dirty_ratio
-        "nr_dirty_background_threshold": dirtyable * 10 // 100,  # vm.dirty_background_ratio
-        "nr_memmap_boot_pages": (alloc.nr_frames * 64 + 4095) // 4096,
-        "numa_hit": sum(v for k, v in events.items() if k.startswith("pgalloc_")),
-        "numa_local": sum(v for k, v in events.items() if k.startswith("pgalloc_")),
+        "nr_dirty_threshold": thresh,
+        "nr_dirty_background_threshold": bg,
+        "nr_memmap_boot_pages": mm.memblock.reserved_pages("memmap"),
+        "pgfree": sum(z.stat["pgfree"] for z in zones) + events["pgfree"],
     }
+    for name in NUMA_EVENTS:
+        derived[name] = sum(z.stat[name] for z in zones)
+    for idx, zname in enumerate(ZONE_EVENT_NAMES):
+        derived[f"pgalloc_{zname}"] = sum(z.stat["pgalloc"] for z in zones if z.idx == idx)
+    for name, value in mm.hugetlb.events.items():
+        derived[name] = value
     rows = []
     for name in VMSTAT_ITEMS:
         if name in derived:

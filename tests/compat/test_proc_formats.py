@@ -219,7 +219,7 @@ def test_kmsg(shared_mnt: Mounted) -> None:
     assert stamps == sorted(stamps)
     text = "\n".join(lines)
     assert re.search(r"\] Linux version \S+", text)
-    assert re.search(r"\] Memory: \d+K/524288K available", text)
+    assert re.search(r"\] Memory: \d+K/523896K available", text)  # 512M less PFN 0 and the 640K-1M hole
     assert "] smp: Brought up 1 node, 4 CPUs" in text
 
 

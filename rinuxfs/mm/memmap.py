@@ -1,0 +1,165 @@
+"""struct page: the state of each allocated frame, kept only for allocated frames.
+
+Contract:
+- `allocated(runs, flags)` gives frames a struct page; a frame that already
+  has one is a frame handed out twice, and raises BadPageState, as Linux's
+  "BUG: Bad page state" reports it.
+- `freed(runs)` takes the struct pages away; freeing a frame that has none
+  (a double free) raises BadPageState.
+- `set_owner(pfns, mapping, indexes)` records which page-cache mapping and
+  index a page holds (what reclaim needs to find a page's owner), and
+  `owner(pfn)` reads it back; `flags`/`set_flags`/`clear_flags` the PG_ bits.
+
+Storage is sparse, like SPARSEMEM_VMEMMAP populating its memmap on demand:
+RAM is cut into sections of 512 frames (2 MiB), and a section's arrays exist
+while at least one of its frames is allocated: 14 bytes a frame (flags u16,
+mapping id u32, index u64), nothing for free memory. Work is per run of
+frames, so a large allocation costs a slice assignment per section.
+"""
+
+from __future__ import annotations
+
+import enum
+from array import array
+from collections.abc import Iterable
+
+SECTION_SHIFT = 9
+SECTION_PAGES = 1 << SECTION_SHIFT
+_MASK = SECTION_PAGES - 1
+
+
+class PG(enum.IntFlag):
+    """Page flags (include/linux/page-flags.h), plus the allocation marker Linux keeps as a refcount."""
+
+    locked = 1 << 0
+    referenced = 1 << 1
+    uptodate = 1 << 2
+    dirty = 1 << 3
+    lru = 1 << 4
+    active = 1 << 5
+    workingset = 1 << 6
+    reserved = 1 << 7
+    private = 1 << 8
+    writeback = 1 << 9
+    head = 1 << 10
+    swapcache = 1 << 11
+    swapbacked = 1 << 12
+    unevictable = 1 << 13
+    hugetlb = 1 << 14
+    allocated = 1 << 15  # page_count() > 0: the frame belongs to someone
+
+
+class BadPageState(Exception):
+    """A frame allocated twice or freed twice: a kernel bug, reported as Linux does and never hidden."""
+
+
+class _Section:
+    __slots__ = ("flags", "mapping", "index", "used")
+
+    def __init__(self) -> None:
+        self.flags = array("H", bytes(2 * SECTION_PAGES))
+        self.mapping = array("I", bytes(4 * SECTION_PAGES))
+        self.index = array("q", bytes(8 * SECTION_PAGES))
+        self.used = 0
+
+
+def _pieces(pfn: int, n: int) -> Iterable[tuple[int, int, int]]:
+    """A run of frames cut at section boundaries: (section number, first slot, count)."""
+    end = pfn + n
+    while pfn < end:
+        sec, slot = pfn >> SECTION_SHIFT, pfn & _MASK
+        count = min(SECTION_PAGES - slot, end - pfn)
+        yield sec, slot, count
+        pfn += count
+
+
+class MemMap:
+    def __init__(self) -> None:
+        self.sections: dict[int, _Section] = {}
+
+    @property
+    def nr_sections(self) -> int:
+        return len(self.sections)
+
+    def allocated(self, runs: Iterable[tuple[int, int]], flags: int = 0) -> None:
+        fill = PG.allocated | flags
+        for pfn, n in runs:
+            for sec, slot, count in _pieces(pfn, n):
+                section = self.sections.get(sec)
+                if section is None:
+                    section = self.sections[sec] = _Section()
+                elif section.flags[slot : slot + count].count(0) != count:
+                    raise BadPageState(f"BUG: Bad page state: pfn:{_first_set(section, slot, count, sec):#x} "
+                                       "allocated while in use")
+                section.flags[slot : slot + count] = array("H", [fill]) * count
+                section.used += count
+
+    def freed(self, runs: Iterable[tuple[int, int]]) -> None:
+        for pfn, n in runs:
+            for sec, slot, count in _pieces(pfn, n):
+                section = self.sections.get(sec)
+                if section is None or section.flags[slot : slot + count].count(0):
+                    raise BadPageState(f"BUG: Bad page state: pfn:{pfn:#x} freed while free")
+                section.used -= count
+                if not section.used:
+                    del self.sections[sec]
+                    continue
+                section.flags[slot : slot + count] = array("H", bytes(2 * count))
+                section.mapping[slot : slot + count] = array("I", bytes(4 * count))
+
+    def is_allocated(self, pfn: int) -> bool:
+        section = self.sections.get(pfn >> SECTION_SHIFT)
+        return section is not None and section.flags[pfn & _MASK] != 0
+
+    def flags(self, pfn: int) -> PG:
+        section = self.sections.get(pfn >> SECTION_SHIFT)
+        return PG(section.flags[pfn & _MASK]) if section is not None else PG(0)
+
+    def set_flags(self, pfns: Iterable[int], flags: int) -> None:
+        for pfn in pfns:
+            section = self.sections[pfn >> SECTION_SHIFT]
+            section.flags[pfn & _MASK] |= flags
+
+    def clear_flags(self, pfns: Iterable[int], flags: int) -> None:
+        keep = ~flags & 0xFFFF
+        for pfn in pfns:
+            section = self.sections[pfn >> SECTION_SHIFT]
+            section.flags[pfn & _MASK] &= keep
+
+    def set_owner(self, pfns: list[int], mapping: int, indexes: list[int]) -> None:
+        """page->mapping and page->index for page-cache pages; one slice per section when both run in step."""
+        n = len(pfns)
+        if not n:
+            return
+        p0, i0 = pfns[0], indexes[0]
+        if pfns[-1] == p0 + n - 1 and indexes[-1] == i0 + n - 1 and pfns == list(range(p0, p0 + n)) \
+                and indexes == list(range(i0, i0 + n)):
+            done = 0
+            for sec, slot, count in _pieces(p0, n):
+                section = self.sections[sec]
+                section.mapping[slot : slot + count] = array("I", [mapping]) * count
+                section.index[slot : slot + count] = array("q", range(i0 + done, i0 + done + count))
+                done += count
+            return
+        for pfn, index in zip(pfns, indexes, strict=True):
+            section = self.sections[pfn >> SECTION_SHIFT]
+            section.mapping[pfn & _MASK] = mapping
+            section.index[pfn & _MASK] = index
+
+    def owner(self, pfn: int) -> tuple[int, int]:
+        """(mapping id, index) of a page; mapping 0 means none."""
+        section = self.sections.get(pfn >> SECTION_SHIFT)
+        if section is None:
+            return 0, 0
+        return section.mapping[pfn & _MASK], section.index[pfn & _MASK]
+
+    def nbytes(self) -> int:
+        """What the struct pages cost the host (the arrays; object headers aside)."""
+        return len(self.sections) * SECTION_PAGES * 14
+
+
+def _first_set(section: _Section, slot: int, count: int, sec: int) -> int:
+    for i in range(slot, slot + count):
+        if section.flags[i]:
+            return (sec << SECTION_SHIFT) + i
+    return sec << SECTION_SHIFT
