@@ -53,9 +53,16 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(e.args[0]) from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (what is wrong, and where help is), not a usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rinuxfs", description="A simulated Linux storage stack over a disk image.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="rinuxfs", description="A simulated Linux storage stack over a disk image.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     m = sub.add_parser("mount", help="boot the simulated kernel over IMAGE and mount it at MOUNTPOINT")
     m.add_argument("image", type=Path)
@@ -148,7 +155,7 @@ def _warn_if_larger_than_host(mem: int) -> None:
     available = host_mem_available()
     if available is not None and mem > available:
         print(f"rinuxfs mount: warning: --mem {format_size(mem)} is more than the host's available memory "
-              f"({format_size(available)}): filling it would exhaust the host", file=sys.stderr)
+              f"({available / (1 << 30):.1f}G): filling it would exhaust the host", file=sys.stderr)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -160,12 +167,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
     config = KernelConfig(image=args.image.resolve(), controller=args.controller, mem=args.mem, cpus=args.cpus,
                           tmpfs_size=args.tmpfs_size, read_only=args.ro, force_gpt=args.force_gpt,
                           lba_size=args.lba_size, numa=args.numa, mem_prealloc=args.mem_prealloc)
-    _warn_if_larger_than_host(args.mem)
     logging.basicConfig(level=args.log_level.upper(), format="rinuxfs: %(message)s")
-    if args.foreground:
-        kernel = Kernel(config, _echo_to_logging)
-        return _serve(kernel, mountpoint, lambda: None)
     kernel = Kernel(config, _echo_to_logging)  # boot errors reach the user from here
+    _warn_if_larger_than_host(args.mem)
+    if args.foreground:
+        return _serve(kernel, mountpoint, lambda: None)
     return _fork_daemon(kernel, mountpoint, args.log_level)
 
 
