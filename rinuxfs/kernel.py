@@ -33,6 +33,8 @@ from rinuxfs.hw.image import DiskImage
 from rinuxfs.hw.irq import IrqChip
 from rinuxfs.hw.nvme import NvmeController
 from rinuxfs.hw.ram import PAGE_SIZE
+from rinuxfs.lib.serial import drive_serial
+from rinuxfs.lib.string_helpers import string_get_size
 from rinuxfs.mm.bdev_mapping import BlockDeviceMapping
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.printk import KernelLog, LogRecord
@@ -42,44 +44,6 @@ from rinuxfs.units import format_size
 KERNEL_RELEASE = "6.18.0-rinuxfs"
 KERNEL_VERSION = "#1 SMP PREEMPT_DYNAMIC Wed Nov 25 00:00:00 UTC 2026"
 NR_LEGACY_IRQS = 16
-
-
-def _serial(image: Path | None) -> str:
-    """A serial number stable for one image path, as a disk keeps its own."""
-    import zlib
-
-    return f"RNX{zlib.crc32(str(image).encode()):08X}"
-
-
-def string_get_size(size: int, blk_size: int, divisor: int) -> str:
-    """lib/string_helpers.c string_get_size: "67.1 MB" (divisor 1000) or "64.0 MiB" (1024), 3 significant digits."""
-    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB") if divisor == 1000 else \
-        ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-    if not size or not blk_size:
-        return "0 B"
-    i = remainder = 0
-    while blk_size >> 32:
-        blk_size //= divisor
-        i += 1
-    while size >> 32:
-        size //= divisor
-        i += 1
-    size *= blk_size
-    while size >= divisor:
-        size, remainder = divmod(size, divisor)
-        i += 1
-    digits, cap = 0, size  # how many decimals keep three significant digits
-    while cap * 10 < 1000:
-        cap *= 10
-        digits += 1
-    if divisor == 1024:
-        remainder = remainder * 1000 >> 10
-    remainder += (500, 50, 5)[digits] if digits < 3 else 0
-    if remainder >= 1000:
-        remainder -= 1000
-        size += 1
-    tail = f".{remainder:03d}"[:digits + 1] if digits else ""
-    return f"{size}{tail} {units[i] if i < len(units) else 'UNK'}"
 
 
 MIN_MEM = 16 << 20  # below this the kernel's own reserves leave nothing to run on
@@ -238,7 +202,7 @@ class Kernel:
 
         ctrl = NvmeController(self.mm.ram, self.image, raise_irq=raise_msix,  # type: ignore[arg-type]
                               lba_size=self.config.lba_size, max_queue_pairs=64,
-                              serial=_serial(self.config.image), model="rinuxfs NVMe disk", firmware=__version__)
+                              serial=drive_serial(self.config.image), model="rinuxfs NVMe disk", firmware=__version__)
         driver = NvmeDriver(ctrl, self.mm, self.irqs, self.log, self.config.cpus, self.block.next_nvme_instance())
         self.storage_driver = driver
         return driver.probe(self.block)

@@ -54,7 +54,9 @@ from rinuxfs.hw.ahci import AhciHba
 from rinuxfs.hw.irq import IrqChip
 from rinuxfs.hw.mmio import Bar
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
-from rinuxfs.kernel import Kernel, _serial, string_get_size
+from rinuxfs.kernel import Kernel
+from rinuxfs.lib.serial import drive_serial
+from rinuxfs.lib.string_helpers import string_get_size
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.printk import KernelLog
 
@@ -952,7 +954,7 @@ def probe_ahci(kernel: Kernel) -> tuple[Gendisk, AhciDriver]:
         if driver is not None and driver.irq:
             kernel.irqs.raise_irq(driver.irq)
 
-    hba = AhciHba(kernel.mm.ram, image, raise_irq=raise_irq, serial=_serial(kernel.config.image), model=MODEL,
+    hba = AhciHba(kernel.mm.ram, image, raise_irq=raise_irq, serial=drive_serial(kernel.config.image), model=MODEL,
                   firmware=FIRMWARE)
     driver = AhciDriver(hba, kernel.mm, kernel.irqs, kernel.log, read_only=image.read_only)
     return driver.probe(kernel.block), driver

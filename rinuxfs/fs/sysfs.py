@@ -7,14 +7,14 @@ EINVAL; read-only ones refuse writers with EACCES (kernfs_fop_open).
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from rinuxfs.errors import KernelError
 from rinuxfs.fs.kernfs import GenDir, Show, Store
 from rinuxfs.fs.superblock import StatFs, SuperBlock
 from rinuxfs.fs.vfs import Vfs
+from rinuxfs.lib.bitmap import cpu_list, cpu_mask
+from rinuxfs.lib.kstrtox import parse_bool
 
 if TYPE_CHECKING:
     from rinuxfs.kernel import Kernel
@@ -43,57 +43,6 @@ class SysSuperBlock(SuperBlock):
 
 def attr(d: GenDir, name: str, show: Show, store: Store | None = None, mode: int | None = None) -> None:
     d.file(name, show, store, mode, st_size=SYSFS_ATTR_SIZE)
-
-
-def parse_bool(text: str) -> bool:
-    """kstrtobool: 1/0, y/n, on/off (first characters decide), one trailing newline allowed."""
-    value = text[:-1] if text.endswith("\n") else text
-    low = value.lower()
-    if low in ("1", "y", "yes", "on", "true"):
-        return True
-    if low in ("0", "n", "no", "off", "false"):
-        return False
-    raise KernelError(errno.EINVAL, f"not a boolean: {value!r}")
-
-
-def parse_uint(text: str, limit: int = (1 << 32) - 1) -> int:
-    """kstrtouint with base 0: decimal, 0x hex or 0 octal; ERANGE past the limit."""
-    value = text.strip("\n")
-    try:
-        number = int(value, 0) if not value.startswith("+") else int(value[1:], 0)
-    except ValueError:
-        raise KernelError(errno.EINVAL, f"not a number: {value!r}") from None
-    if number < 0:
-        raise KernelError(errno.EINVAL, "negative value")
-    if number > limit:
-        raise KernelError(errno.ERANGE, "value out of range")
-    return number
-
-
-def cpu_list(cpus: set[int] | list[int]) -> str:
-    """The cpulist format: '0-3,5'."""
-    ordered = sorted(cpus)
-    parts: list[str] = []
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(parts)
-
-
-def cpu_mask(cpus: set[int] | list[int], nbits: int) -> str:
-    """The cpumask format: hex, in 32-bit groups separated by commas, as wide as nr_cpu_ids."""
-    value = sum(1 << c for c in cpus)
-    digits = max(1, (nbits + 3) // 4)
-    text = format(value, f"0{digits}x")
-    groups = []
-    while text:
-        groups.insert(0, text[-8:])
-        text = text[:-8]
-    return ",".join(groups)
 
 
 def build_sys_tree(root: GenDir, k: Kernel) -> None:
