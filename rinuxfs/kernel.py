@@ -1,10 +1,12 @@
 """The simulated kernel: boots the machine in Linux's order and owns what all subsystems share.
 
 Boot order: mm (RAM, zones, the page allocator), CPUs, the disk image (the
-storage work adds the controller, driver and partition scan here), then the
-filesystems: rootfs (tmpfs) at /, proc at /proc, sysfs at /sys, devtmpfs at
-/dev. The kernel owns the clock, the kernel log and the task table; nothing
-is module-global, so a test can build a whole kernel in one line and close it.
+controller, its driver, the partition scan), then the filesystems: rootfs
+(tmpfs) at /, proc at /proc, sysfs at /sys, devtmpfs at /dev, debugfs at
+/sys/kernel/debug. Subsystems register what /sys shows with the driver core
+(`self.core`) as they boot; sysfs and debugfs only render it. The kernel owns
+the clock, the kernel log and the task table; nothing is module-global, so a
+test can build a whole kernel in one line and close it.
 """
 
 from __future__ import annotations
@@ -21,18 +23,25 @@ from pathlib import Path
 from rinuxfs import __version__
 from rinuxfs.block.genhd import BlockRegistry, Gendisk
 from rinuxfs.block.partitions import probe
+from rinuxfs.drivers.ahci import FIRMWARE as AHCI_FIRMWARE
+from rinuxfs.drivers.ahci import MODEL as AHCI_MODEL
+from rinuxfs.drivers.ahci import AhciDriver
+from rinuxfs.drivers.base.core import DriverCore
+from rinuxfs.drivers.base.cpu import register_cpu_devices
 from rinuxfs.drivers.nvme import NvmeDriver
 from rinuxfs.errors import KernelError
+from rinuxfs.fs.debugfs import DebugfsSuperBlock
 from rinuxfs.fs.devfs import DevSuperBlock
 from rinuxfs.fs.procfs import ProcSuperBlock
 from rinuxfs.fs.sysfs import SysSuperBlock
-from rinuxfs.fs.sysfs_block import add_disk
 from rinuxfs.fs.tmpfs import TmpfsSuperBlock
 from rinuxfs.fs.vfs import ROOT_CRED, Credentials, Vfs
+from rinuxfs.hw.ahci import AhciHba
 from rinuxfs.hw.image import DiskImage
 from rinuxfs.hw.irq import IrqChip
 from rinuxfs.hw.nvme import NvmeController
 from rinuxfs.hw.ram import PAGE_SIZE
+from rinuxfs.ksysfs import register_kernel_attrs
 from rinuxfs.lib.serial import drive_serial
 from rinuxfs.lib.string_helpers import string_get_size
 from rinuxfs.mm.bdev_mapping import BlockDeviceMapping
@@ -92,12 +101,14 @@ class Kernel:
         self.boot_id = str(uuid.uuid4())
         self.stats: Counter[str] = Counter()
         self.sysctl: dict[str, int] = {"rcu_expedited": 0, "rcu_normal": 0}
-        self.uevent_seqnum = 0
+        self.core = DriverCore()  # the device tree /sys and /sys/kernel/debug render
+        register_kernel_attrs(self.core, self)
         self.current: Credentials = ROOT_CRED
         self.image: DiskImage | None = None
         self._boot_banner()
         self.mm = self._boot_mm()
         self.cpus = self._boot_cpus()
+        register_cpu_devices(self.core, self)
         self.cpu_accounting = CpuAccounting(self.clock, config.cpus)
         self.tasks = TaskTable(self.clock)
         self.loadavg = LoadAverage(self.clock)
@@ -105,7 +116,8 @@ class Kernel:
         try:
             self._boot_storage()
             self.vfs = Vfs()
-            self.filesystem_types = [("sysfs", True), ("tmpfs", True), ("devtmpfs", True), ("proc", True)]
+            self.filesystem_types = [("sysfs", True), ("tmpfs", True), ("devtmpfs", True), ("debugfs", True),
+                                     ("proc", True)]
             self._boot_filesystems()
         except BaseException:
             self.close()
@@ -171,8 +183,9 @@ class Kernel:
     def _boot_storage(self) -> None:
         """Find the disk as Linux does: controller probe, gendisk, then the partition scan."""
         self.irqs = IrqChip(self.config.cpus)
-        self.block = BlockRegistry()
+        self.block = BlockRegistry(self.core)
         self.bdev_mappings: dict[str, BlockDeviceMapping] = {}
+        self.storage_driver: NvmeDriver | AhciDriver | None = None
         if self.config.image is None:
             return
         self.image = DiskImage(self.config.image, self.config.read_only)
@@ -184,7 +197,6 @@ class Kernel:
             disk = self._probe_ahci()
         else:
             raise KernelError(errno.EINVAL, f"unknown controller {self.config.controller!r}: nvme or ahci")
-        self.block.add_disk(disk)
         if disk.transport != "sata":  # sd prints its own "sd 0:0:0:0: [sda] …" line at probe
             # The capacity line, as sd_print_capacity words it: a count of logical blocks, whatever their size.
             lbs = disk.queue.limits.logical_block_size
@@ -203,15 +215,25 @@ class Kernel:
         ctrl = NvmeController(self.mm.ram, self.image, raise_irq=raise_msix,  # type: ignore[arg-type]
                               lba_size=self.config.lba_size, max_queue_pairs=64,
                               serial=drive_serial(self.config.image), model="rinuxfs NVMe disk", firmware=__version__)
-        driver = NvmeDriver(ctrl, self.mm, self.irqs, self.log, self.config.cpus, self.block.next_nvme_instance())
+        driver = NvmeDriver(ctrl, self.mm, self.irqs, self.log, self.config.cpus, self.block.next_nvme_instance(),
+                            self.core)
         self.storage_driver = driver
         return driver.probe(self.block)
 
     def _probe_ahci(self) -> Gendisk:
-        from rinuxfs.drivers.ahci import probe_ahci
+        """The HBA over the kernel's RAM and the image, its interrupt through the IrqChip, then ahci's probe."""
+        driver: AhciDriver | None = None
 
-        disk, self.storage_driver = probe_ahci(self)
-        return disk
+        def raise_irq(vector: int) -> None:
+            if driver is not None and driver.irq:
+                self.irqs.raise_irq(driver.irq)
+
+        assert self.image is not None  # _boot_storage opened it
+        hba = AhciHba(self.mm.ram, self.image, raise_irq=raise_irq,
+                      serial=drive_serial(self.config.image), model=AHCI_MODEL, firmware=AHCI_FIRMWARE)
+        driver = AhciDriver(hba, self.mm, self.irqs, self.log, self.core, read_only=self.image.read_only)
+        self.storage_driver = driver
+        return driver.probe(self.block)
 
     def _scan_partitions(self, disk: Gendisk) -> None:
         mapping = self.bdev_mappings[disk.name] = BlockDeviceMapping(self.mm, disk.whole)
@@ -249,16 +271,16 @@ class Kernel:
         self.log.info(f"VFS: Mounted root (tmpfs filesystem) on device {self.rootfs.dev[0]}:{self.rootfs.dev[1]}.")
         self.procfs = ProcSuperBlock(self.vfs, self)
         self.vfs.mount(self.procfs, "/proc", "rw,nosuid,nodev,noexec,relatime")
-        self.sysfs = SysSuperBlock(self.vfs, self)
+        self.sysfs = SysSuperBlock(self.vfs, self.core)
         self.vfs.mount(self.sysfs, "/sys", "rw,nosuid,nodev,noexec,relatime")
         self.devfs = DevSuperBlock(self.vfs)
         self.vfs.mount(self.devfs, "/dev", "rw,nosuid,relatime")
         for disk in self.block.disks:
             for dev in disk.devices():
                 self.devfs.add_block_device(self.mm, dev, self.bdev_mappings[dev.name])
-            disk_dir, device_dir = self.storage_driver.add_sysfs(self.sysfs.root, disk)
-            add_disk(self.sysfs.root, disk, disk_dir, device_dir)
         self.log.info("devtmpfs: mounted")
+        self.debugfs = DebugfsSuperBlock(self.vfs, self.core.debugfs)
+        self.vfs.mount(self.debugfs, "/sys/kernel/debug", "rw,nosuid,nodev,noexec,relatime")
 
     # --- shared services -----------------------------------------------------------------
 
