@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from rinuxfs.drivers.base import Kobject, debugfs_create_dir, debugfs_create_file, debugfs_remove
+from rinuxfs.drivers.base import (
+    Kobject,
+    debugfs_create_dir,
+    debugfs_create_file,
+    debugfs_remove,
+    kobject_create,
+    kobject_del,
+)
 from rinuxfs.drivers.nvme import NvmeDriver
 from rinuxfs.errors import KernelError
 from rinuxfs.fs.vfs import ROOT_CRED, Inode
@@ -150,6 +157,21 @@ def test_links_inode_numbers_and_nlink(kernel: Kernel) -> None:
         ["DRIVER=nvme", "PCI_CLASS=10802"]
     assert read(kernel, "/sys/kernel/uevent_seqnum") == f"{kernel.core.uevent_seqnum}\n"
     assert kernel.core.uevent_seqnum > 0
+
+
+def test_what_is_registered_after_boot_shows_at_once(kernel: Kernel) -> None:
+    mm = node(kernel, "/sys/kernel/mm")
+    assert list(mm.entries(ROOT_CRED)) == [] and mm.nlink == 2
+    hugepages = kobject_create("hugepages", kernel.core.mm_kobj)
+    pool = kobject_create("hugepages-2048kB", hugepages)
+    pool.add_attr("nr_hugepages", lambda: "0\n", lambda text: None)
+    assert mm.nlink == 3
+    f = node(kernel, "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+    assert stat.S_IMODE(f.mode) == 0o644 and f.size == 4096
+    assert read(kernel, "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages") == "0\n"
+    assert write(kernel, "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "4") == 0
+    kobject_del(hugepages)
+    assert errno_of(kernel, "/sys/kernel/mm/hugepages") == errno.ENOENT and mm.nlink == 2
 
 
 def test_unregistering_the_controller_takes_all_of_it_out_of_sys(kernel: Kernel) -> None:
