@@ -1,10 +1,12 @@
 """The simulated kernel: boots the machine in Linux's order and owns what all subsystems share.
 
 Boot order: mm (RAM, zones, the page allocator), CPUs, the disk image (the
-storage work adds the controller, driver and partition scan here), then the
-filesystems: rootfs (tmpfs) at /, proc at /proc, sysfs at /sys, devtmpfs at
-/dev. The kernel owns the clock, the kernel log and the task table; nothing
-is module-global, so a test can build a whole kernel in one line and close it.
+controller, its driver, the partition scan), then the filesystems: rootfs
+(tmpfs) at /, proc at /proc, sysfs at /sys, devtmpfs at /dev, debugfs at
+/sys/kernel/debug. Subsystems register what /sys shows with the driver core
+(`self.core`) as they boot; sysfs and debugfs only render it. The kernel owns
+the clock, the kernel log and the task table; nothing is module-global, so a
+test can build a whole kernel in one line and close it.
 """
 
 from __future__ import annotations
@@ -21,19 +23,28 @@ from pathlib import Path
 from rinuxfs import __version__
 from rinuxfs.block.genhd import BlockRegistry, Gendisk
 from rinuxfs.block.partitions import probe
+from rinuxfs.drivers.ahci import FIRMWARE as AHCI_FIRMWARE
+from rinuxfs.drivers.ahci import MODEL as AHCI_MODEL
+from rinuxfs.drivers.ahci import AhciDriver
+from rinuxfs.drivers.base.core import DriverCore
+from rinuxfs.drivers.base.cpu import register_cpu_devices
+from rinuxfs.drivers.base.node import register_node_devices
 from rinuxfs.drivers.nvme import NvmeDriver
 from rinuxfs.errors import KernelError
+from rinuxfs.fs.debugfs import DebugfsSuperBlock
 from rinuxfs.fs.devfs import DevSuperBlock
 from rinuxfs.fs.procfs import ProcSuperBlock
 from rinuxfs.fs.sysfs import SysSuperBlock
-from rinuxfs.fs.sysfs_block import add_disk
-from rinuxfs.fs.sysfs_mm import build_mm_sysfs
 from rinuxfs.fs.tmpfs import TmpfsSuperBlock
 from rinuxfs.fs.vfs import ROOT_CRED, Credentials, Vfs
+from rinuxfs.hw.ahci import AhciHba
 from rinuxfs.hw.image import DiskImage
 from rinuxfs.hw.irq import IrqChip
 from rinuxfs.hw.nvme import NvmeController
 from rinuxfs.hw.ram import MAX_RAM, PAGE_SIZE
+from rinuxfs.ksysfs import register_kernel_attrs
+from rinuxfs.lib.serial import drive_serial
+from rinuxfs.lib.string_helpers import string_get_size
 from rinuxfs.mm.bdev_mapping import BlockDeviceMapping
 from rinuxfs.mm.core import MAX_NUMNODES, MemoryManager
 from rinuxfs.mm.memblock import (
@@ -43,6 +54,7 @@ from rinuxfs.mm.memblock import (
     KERNEL_RODATA_KB,
     KERNEL_RWDATA_KB,
 )
+from rinuxfs.mm.mm_sysfs import register_mm_sysfs
 from rinuxfs.printk import KernelLog, LogRecord
 from rinuxfs.sched import Clock, CpuAccounting, LoadAverage, TaskTable
 from rinuxfs.units import format_size
@@ -50,44 +62,6 @@ from rinuxfs.units import format_size
 KERNEL_RELEASE = "6.18.0-rinuxfs"
 KERNEL_VERSION = "#1 SMP PREEMPT_DYNAMIC Wed Nov 25 00:00:00 UTC 2026"
 NR_LEGACY_IRQS = 16
-
-
-def _serial(image: Path | None) -> str:
-    """A serial number stable for one image path, as a disk keeps its own."""
-    import zlib
-
-    return f"RNX{zlib.crc32(str(image).encode()):08X}"
-
-
-def string_get_size(size: int, blk_size: int, divisor: int) -> str:
-    """lib/string_helpers.c string_get_size: "67.1 MB" (divisor 1000) or "64.0 MiB" (1024), 3 significant digits."""
-    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB") if divisor == 1000 else \
-        ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-    if not size or not blk_size:
-        return "0 B"
-    i = remainder = 0
-    while blk_size >> 32:
-        blk_size //= divisor
-        i += 1
-    while size >> 32:
-        size //= divisor
-        i += 1
-    size *= blk_size
-    while size >= divisor:
-        size, remainder = divmod(size, divisor)
-        i += 1
-    digits, cap = 0, size  # how many decimals keep three significant digits
-    while cap * 10 < 1000:
-        cap *= 10
-        digits += 1
-    if divisor == 1024:
-        remainder = remainder * 1000 >> 10
-    remainder += (500, 50, 5)[digits] if digits < 3 else 0
-    if remainder >= 1000:
-        remainder -= 1000
-        size += 1
-    tail = f".{remainder:03d}"[:digits + 1] if digits else ""
-    return f"{size}{tail} {units[i] if i < len(units) else 'UNK'}"
 
 
 MIN_MEM = 16 << 20  # below this the kernel's own reserves leave nothing to run on
@@ -138,12 +112,16 @@ class Kernel:
         self.boot_id = str(uuid.uuid4())
         self.stats: Counter[str] = Counter()
         self.sysctl: dict[str, int] = {"rcu_expedited": 0, "rcu_normal": 0}
-        self.uevent_seqnum = 0
+        self.core = DriverCore()  # the device tree /sys and /sys/kernel/debug render
+        register_kernel_attrs(self.core, self)
         self.current: Credentials = ROOT_CRED
         self.image: DiskImage | None = None
         self._boot_banner()
         self.mm = self._boot_mm()
         self.cpus = self._boot_cpus()
+        register_cpu_devices(self.core, self)
+        register_node_devices(self.core, self.mm, self.cpus)
+        register_mm_sysfs(self.core, self.mm)
         self.cpu_accounting = CpuAccounting(self.clock, config.cpus)
         self.tasks = TaskTable(self.clock)
         self.loadavg = LoadAverage(self.clock)
@@ -151,7 +129,8 @@ class Kernel:
         try:
             self._boot_storage()
             self.vfs = Vfs()
-            self.filesystem_types = [("sysfs", True), ("tmpfs", True), ("devtmpfs", True), ("proc", True)]
+            self.filesystem_types = [("sysfs", True), ("tmpfs", True), ("devtmpfs", True), ("debugfs", True),
+                                     ("proc", True)]
             self._boot_filesystems()
         except BaseException:
             self.close()
@@ -248,8 +227,9 @@ class Kernel:
     def _boot_storage(self) -> None:
         """Find the disk as Linux does: controller probe, gendisk, then the partition scan."""
         self.irqs = IrqChip(self.config.cpus)
-        self.block = BlockRegistry()
+        self.block = BlockRegistry(self.core)
         self.bdev_mappings: dict[str, BlockDeviceMapping] = {}
+        self.storage_driver: NvmeDriver | AhciDriver | None = None
         if self.config.image is None:
             return
         self.image = DiskImage(self.config.image, self.config.read_only)
@@ -261,7 +241,6 @@ class Kernel:
             disk = self._probe_ahci()
         else:
             raise KernelError(errno.EINVAL, f"unknown controller {self.config.controller!r}: nvme or ahci")
-        self.block.add_disk(disk)
         if disk.transport != "sata":  # sd prints its own "sd 0:0:0:0: [sda] …" line at probe
             # The capacity line, as sd_print_capacity words it: a count of logical blocks, whatever their size.
             lbs = disk.queue.limits.logical_block_size
@@ -279,16 +258,26 @@ class Kernel:
 
         ctrl = NvmeController(self.mm.ram, self.image, raise_irq=raise_msix,  # type: ignore[arg-type]
                               lba_size=self.config.lba_size, max_queue_pairs=64,
-                              serial=_serial(self.config.image), model="rinuxfs NVMe disk", firmware=__version__)
-        driver = NvmeDriver(ctrl, self.mm, self.irqs, self.log, self.config.cpus, self.block.next_nvme_instance())
+                              serial=drive_serial(self.config.image), model="rinuxfs NVMe disk", firmware=__version__)
+        driver = NvmeDriver(ctrl, self.mm, self.irqs, self.log, self.config.cpus, self.block.next_nvme_instance(),
+                            self.core)
         self.storage_driver = driver
         return driver.probe(self.block)
 
     def _probe_ahci(self) -> Gendisk:
-        from rinuxfs.drivers.ahci import probe_ahci
+        """The HBA over the kernel's RAM and the image, its interrupt through the IrqChip, then ahci's probe."""
+        driver: AhciDriver | None = None
 
-        disk, self.storage_driver = probe_ahci(self)
-        return disk
+        def raise_irq(vector: int) -> None:
+            if driver is not None and driver.irq:
+                self.irqs.raise_irq(driver.irq)
+
+        assert self.image is not None  # _boot_storage opened it
+        hba = AhciHba(self.mm.ram, self.image, raise_irq=raise_irq,
+                      serial=drive_serial(self.config.image), model=AHCI_MODEL, firmware=AHCI_FIRMWARE)
+        driver = AhciDriver(hba, self.mm, self.irqs, self.log, self.core, read_only=self.image.read_only)
+        self.storage_driver = driver
+        return driver.probe(self.block)
 
     def _scan_partitions(self, disk: Gendisk) -> None:
         mapping = self.bdev_mappings[disk.name] = BlockDeviceMapping(self.mm, disk.whole)
@@ -326,17 +315,16 @@ class Kernel:
         self.log.info(f"VFS: Mounted root (tmpfs filesystem) on device {self.rootfs.dev[0]}:{self.rootfs.dev[1]}.")
         self.procfs = ProcSuperBlock(self.vfs, self)
         self.vfs.mount(self.procfs, "/proc", "rw,nosuid,nodev,noexec,relatime")
-        self.sysfs = SysSuperBlock(self.vfs, self)
+        self.sysfs = SysSuperBlock(self.vfs, self.core)
         self.vfs.mount(self.sysfs, "/sys", "rw,nosuid,nodev,noexec,relatime")
-        build_mm_sysfs(self.sysfs.root, self)
         self.devfs = DevSuperBlock(self.vfs)
         self.vfs.mount(self.devfs, "/dev", "rw,nosuid,relatime")
         for disk in self.block.disks:
             for dev in disk.devices():
                 self.devfs.add_block_device(self.mm, dev, self.bdev_mappings[dev.name])
-            disk_dir, device_dir = self.storage_driver.add_sysfs(self.sysfs.root, disk)
-            add_disk(self.sysfs.root, disk, disk_dir, device_dir)
         self.log.info("devtmpfs: mounted")
+        self.debugfs = DebugfsSuperBlock(self.vfs, self.core.debugfs)
+        self.vfs.mount(self.debugfs, "/sys/kernel/debug", "rw,nosuid,nodev,noexec,relatime")
 
     # --- shared services -----------------------------------------------------------------
 

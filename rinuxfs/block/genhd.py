@@ -10,6 +10,10 @@ Contract:
   a digit (nvme0n1p1), as disk_name() does.
 - I/O through a BlockDevice is bounds-checked against its own size and
   remapped to the disk's sectors before it reaches the queue.
+- The registry registers the block class with the driver core; `add_disk(disk,
+  parent)` (device_add_disk) and `add_partition` register their devices there,
+  so /sys shows them (block/disk_attrs.py); `del_gendisk` takes a disk and its
+  partitions out of the registry and of /sys again.
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ import errno
 from dataclasses import dataclass, field
 
 from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp
+from rinuxfs.block.disk_attrs import register_disk, register_partition, unregister_disk
 from rinuxfs.block.queue import RequestQueue
 from rinuxfs.block.stats import IoStats
+from rinuxfs.drivers.base.core import DriverCore
+from rinuxfs.drivers.base.device import Device
+from rinuxfs.drivers.base.kobject import Kobject
 from rinuxfs.errors import KernelError
 
 SCSI_DISK0_MAJOR = 8
@@ -43,6 +51,7 @@ class BlockDevice:
     type_name: str = ""
     bootable: bool = False
     stats: IoStats = field(default_factory=IoStats)
+    device: Device | None = None  # its device in the driver core (bd_device), while registered
 
     @property
     def size_bytes(self) -> int:
@@ -101,7 +110,9 @@ class Gendisk:
 class BlockRegistry:
     """All registered disks, and the device numbers handed out so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, core: DriverCore) -> None:
+        self.core = core
+        self.block_class = core.class_register("block", block=True)
         self.disks: list[Gendisk] = []
         self._next_ext_minor = 0
         self._next_sd_index = 0
@@ -131,10 +142,18 @@ class BlockRegistry:
         self._nvme_instances += 1
         return n
 
-    def add_disk(self, disk: Gendisk) -> None:
+    def add_disk(self, disk: Gendisk, parent: Kobject) -> Device:
+        """device_add_disk: number the disk, list it, register it below its driver's device `parent`."""
         self.diskseq += 1
         disk.diskseq = self.diskseq
         self.disks.append(disk)
+        return register_disk(disk, parent, self.block_class, self.core.block_kobj)
+
+    def del_gendisk(self, disk: Gendisk) -> None:
+        """The disk and its partitions leave the registry and /sys."""
+        unregister_disk(disk, self.core.block_kobj)
+        if disk in self.disks:
+            self.disks.remove(disk)
 
     def add_partition(self, disk: Gendisk, partno: int, start: int, nr_sects: int, **info: str) -> BlockDevice:
         if partno < disk.minors:
@@ -144,6 +163,7 @@ class BlockRegistry:
         part = BlockDevice(disk, partno, disk.partition_name(partno), devt, start, nr_sects,
                            read_only=disk.read_only, **info)
         disk.parts[partno] = part
+        register_partition(part, self.block_class)
         return part
 
     def all_devices(self) -> list[BlockDevice]:

@@ -12,8 +12,12 @@ Contract:
   KernelError with the errno the driver mapped.
 - Every request is accounted on the whole disk and on the partition of its
   bios: ios, merges, sectors, time, in-flight, io_ticks.
-- The limits are those sysfs `queue/` shows; the writable ones are checked
-  here with the errno Linux's store functions return.
+- The limits are those sysfs `queue/` shows (block/blk_sysfs.py parses what
+  is written there); the setters here check a value with the errno Linux's
+  store functions return. Of the queue flags, `iostats` 0 stops the
+  accounting and `nomerges` 2 stops merging, as in Linux; the others are kept
+  for what reads them (`rq_timeout` is the request timeout the driver's
+  timeout handling uses, in jiffies of HZ ticks per second).
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ SCHEDULERS = ("none", "mq-deadline")
 BLKDEV_MIN_RQ = 4
 BLKDEV_DEFAULT_RQ = 128
 MAX_SCHED_RQ = 16 * BLKDEV_DEFAULT_RQ  # block/blk-mq-sched.h
+HZ = 100  # the simulated kernel's tick rate (sched.USER_HZ): what rq_timeout counts in
+DEFAULT_RQ_TIMEOUT = 30 * HZ  # NVME_IO_TIMEOUT and SD_TIMEOUT: 30 s
+U32_MAX = (1 << 32) - 1
+U64_MAX = (1 << 64) - 1
 
 
 class BlockDriver(Protocol):
@@ -59,6 +67,14 @@ class QueueLimits:
     discard_max_bytes: int = 0
     write_zeroes_max_bytes: int = 0
     queue_depth: int = 1023
+    max_discard_segments: int = 1
+    max_integrity_segments: int = 0
+    max_segment_size: int = U32_MAX
+    virt_boundary_mask: int = 0  # a data segment may not cross a boundary of this mask + 1 (NVMe: its page)
+    dma_alignment: int = 511  # the mask a buffer's address and length must meet without a bounce
+    fua: int = 0  # the device honours Force Unit Access
+    optimal_io_size: int = 0
+    chunk_sectors: int = 0
 
     @property
     def max_sectors(self) -> int:
@@ -73,6 +89,20 @@ class RequestQueue:
         self.disk: Gendisk | None = None
         # nr_requests is the block layer's, not the driver's: the tag set's depth, or the elevator's tags.
         limits.nr_requests = self._default_nr_requests(scheduler)
+        # queue flags and tunables (struct request_queue), as a blk-mq queue starts with them
+        self.rq_timeout = DEFAULT_RQ_TIMEOUT  # jiffies
+        self.iostats = True
+        self.add_random = False
+        self.nomerges = 0  # 0: merge; 1: only the one-hit merge with the last request; 2: never
+        self.rq_affinity = 1
+        self.stable_writes = False
+        self.poll = False  # no poll queues: io_poll reads 0 and refuses writes
+        self.poll_delay = -1  # classic polling
+        self.wbt_lat_nsec = self.wbt_default_latency_nsec()
+
+    def wbt_default_latency_nsec(self) -> int:
+        """wbt_default_latency_nsec: 2 ms for a non-rotational disk, 75 ms for a rotating one."""
+        return 75_000_000 if self.limits.rotational else 2_000_000
 
     def _default_nr_requests(self, scheduler: str) -> int:
         depth = self.limits.queue_depth
@@ -109,6 +139,40 @@ class RequestQueue:
     def set_read_ahead_kb(self, value: int) -> None:
         self.limits.read_ahead_kb = value
 
+    @property
+    def io_timeout_ms(self) -> int:
+        """jiffies_to_msecs(rq_timeout), an unsigned int in Linux, so it wraps as there."""
+        return self.rq_timeout * 1000 // HZ & U32_MAX
+
+    @property
+    def timeout_seconds(self) -> float:
+        return self.rq_timeout / HZ
+
+    def set_io_timeout(self, msecs: int) -> None:
+        # queue_io_timeout_store: 0 is EINVAL; msecs_to_jiffies rounds up to the next tick.
+        if msecs <= 0:
+            raise KernelError(errno.EINVAL, "io_timeout must be at least 1 ms")
+        self.rq_timeout = -(-msecs * HZ // 1000)
+
+    def set_discard_max_bytes(self, value: int) -> None:
+        # queue_discard_max_store: a multiple of the granularity, capped at what the hardware takes
+        limits = self.limits
+        if value & (limits.discard_granularity - 1) or value >> SECTOR_SHIFT > U32_MAX:
+            raise KernelError(errno.EINVAL, f"discard_max_bytes {value} is not a multiple of "
+                                            f"{limits.discard_granularity}")
+        limits.discard_max_bytes = min(value >> SECTOR_SHIFT, limits.discard_max_hw_bytes >> SECTOR_SHIFT) \
+            << SECTOR_SHIFT
+
+    def set_wbt_lat_usec(self, usec: int) -> None:
+        # queue_wb_lat_store: -1 restores the default, 0 turns writeback throttling off
+        if usec < -1:
+            raise KernelError(errno.EINVAL, "wbt_lat_usec must be -1 or more")
+        self.wbt_lat_nsec = self.wbt_default_latency_nsec() if usec == -1 else usec * 1000 & U64_MAX
+
+    @property
+    def wbt_lat_usec(self) -> int:
+        return self.wbt_lat_nsec // 1000
+
     # --- I/O ---------------------------------------------------------------------------------
 
     def submit(self, bios: list[Bio]) -> None:
@@ -121,9 +185,10 @@ class RequestQueue:
     def _build_requests(self, bios: list[Bio]) -> list[Request]:
         max_sectors = self.limits.max_sectors
         requests: list[Request] = []
+        merge = self.nomerges != 2
         for bio in bios:
             for piece in self._split(bio, max_sectors):
-                last = requests[-1] if requests else None
+                last = requests[-1] if requests and merge else None
                 if last is not None and last.can_append(piece, max_sectors):
                     last.append(piece)
                     self._account_merge(piece)
@@ -159,9 +224,9 @@ class RequestQueue:
 
     def _account_merge(self, bio: Bio) -> None:
         group = bio.op.stat_group
-        if self.disk is not None:
+        if self.disk is not None and self.iostats:
             self.disk.whole.stats.merged(group)
-        if bio.bdev is not None and self.disk is not None and bio.bdev is not self.disk.whole:
+        if bio.bdev is not None and self.disk is not None and self.iostats and bio.bdev is not self.disk.whole:
             bio.bdev.stats.merged(group)
 
     def _execute(self, req: Request) -> None:
@@ -179,7 +244,7 @@ class RequestQueue:
                 target.stats.done(group, sectors, elapsed)
 
     def _stat_targets(self, req: Request) -> list[BlockDevice]:
-        if self.disk is None:
+        if self.disk is None or not self.iostats:  # blk_do_io_stat: nothing is counted
             return []
         part = req.bios[0].bdev
         if req.op == ReqOp.FLUSH:  # blk_account_io_flush counts flushes on the whole disk (part0) only

@@ -2,8 +2,6 @@
 
 Contract
 --------
-- `probe_ahci(kernel)` builds the HBA over the kernel's RAM and disk image, wires its interrupt
-  through the kernel's IrqChip, probes, and returns (Gendisk, driver).
 - `AhciDriver.probe(registry)` does what ahci_init_one and libata's EH do at boot:
   ahci_reset_controller (AE, HR, poll HR = 0), ahci_port_init (stop the engine and FIS receive,
   clear PxSERR, PxIS and IS), GHC.IE, one port memory area from the page allocator (command list,
@@ -22,9 +20,10 @@ Contract
 - A failed command goes through the libahci recovery (`_error_handler`: stop the engine, clear
   PxSERR/PxIS, COMRESET if the device stays busy, restart; for NCQ read log 10h) and raises
   `AtaError`, whose constructor is the one place where ATA status and error become an errno.
-- `add_sysfs(root, disk)` builds the PCI function, the ata1 port, scsi host0, target0:0:0 and
-  the SCSI device 0:0:0:0 that lsblk reads for TRAN=sata and HCTL, and returns the disk's
-  directory (…/0:0:0:0/block/sda) and its device's (…/0:0:0:0).
+- Probe registers with the driver core what the PCI core, libata, the SCSI midlayer and sd show:
+  the PCI function (driver ahci), ata1 with its transport class objects, scsi host0,
+  target0:0:0 and the SCSI device 0:0:0:0 (driver sd) that lsblk reads for TRAN=sata and HCTL,
+  then the disk below it (…/0:0:0:0/block/sda). `unregister_devices(registry)` takes them out.
 
 One caller at a time: the driver and the model are not thread-safe, which the synchronous block
 layer guarantees. All DMA memory is one block of frames owned by the driver for the kernel's life.
@@ -35,7 +34,7 @@ from __future__ import annotations
 import errno
 import struct
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
@@ -43,18 +42,19 @@ from operator import itemgetter
 from rinuxfs import __version__
 from rinuxfs.block.bio import SECTOR_SHIFT, ReqOp, Request
 from rinuxfs.block.genhd import BlockRegistry, Gendisk
-from rinuxfs.block.queue import QueueLimits, RequestQueue
+from rinuxfs.block.queue import HZ, QueueLimits, RequestQueue
+from rinuxfs.drivers.base.core import DriverCore
+from rinuxfs.drivers.base.device import Device, device_register, device_unregister
+from rinuxfs.drivers.base.kobject import Show, const
+from rinuxfs.drivers.pci import PciIds, pci_register_function
 from rinuxfs.errors import KernelError
-from rinuxfs.fs.kernfs import GenDir
-from rinuxfs.fs.sysfs import attr
-from rinuxfs.fs.sysfs_block import link
 from rinuxfs.hw import ahci_layouts as L
 from rinuxfs.hw import ata
 from rinuxfs.hw.ahci import AhciHba
 from rinuxfs.hw.irq import IrqChip
 from rinuxfs.hw.mmio import Bar
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
-from rinuxfs.kernel import Kernel, _serial, string_get_size
+from rinuxfs.lib.string_helpers import string_get_size
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.printk import KernelLog
 
@@ -206,9 +206,11 @@ class AhciDriver:
     host_no = 0
     ata_port = 1
 
-    def __init__(self, hba: AhciHba, mm: MemoryManager, irqs: IrqChip, log: KernelLog, *,
+    def __init__(self, hba: AhciHba, mm: MemoryManager, irqs: IrqChip, log: KernelLog, core: DriverCore, *,
                  read_only: bool = False) -> None:
         self.hba = hba
+        self.core = core
+        self.devices: list[Device] = []  # what probe registered, parents first
         self.bar = Bar(hba)
         self.mm = mm
         self.irqs = irqs
@@ -269,7 +271,9 @@ class AhciDriver:
         ident = self._identify()
         self._configure(ident, cap)
         self._set_xfer_mode()
-        return self._gendisk(registry, ident)
+        disk = self._gendisk(registry, ident)
+        registry.add_disk(disk, self._register_devices())
+        return disk
 
     def _reset_controller(self) -> None:
         """ahci_reset_controller: AHCI mode first (HR is AHCI-specific), then HR until it reads 0."""
@@ -417,6 +421,8 @@ class AhciDriver:
             discard_granularity=ident.physical_block_size if ident.trim else 0,
             discard_max_hw_bytes=trim_max, discard_max_bytes=trim_max,
             write_zeroes_max_bytes=trim_max if ident.zero_after_trim else 0,
+            max_discard_segments=1, max_segment_size=PRD_MAX_BYTES,
+            dma_alignment=lbs - 1,  # ata_scsi_dev_config: a sector's alignment for ATA disks
         )
 
     def _gendisk(self, registry: BlockRegistry, ident: DiskIdentity) -> Gendisk:
@@ -424,6 +430,7 @@ class AhciDriver:
         nr_sects = ident.sectors * ident.logical_block_size >> SECTOR_SHIFT
         # mq-deadline: Linux's default elevator for a single-queue device such as a SATA disk.
         queue = RequestQueue(self, self._limits(ident), scheduler="mq-deadline")
+        queue.add_random = ident.rotational  # sd_read_block_characteristics: spinning disks feed entropy
         disk = Gendisk(name, major, first_minor, 16, nr_sects, queue, model=ident.model, serial=ident.serial,
                        firmware=ident.firmware, transport="sata", read_only=self.read_only)
         self.disk = disk
@@ -736,56 +743,61 @@ class AhciDriver:
             raise KernelError(errno.EINVAL, f"cache_type {value!r}: write back, write through or none")
         self.set_write_cache(modes[value])
 
-    # --- sysfs (what the PCI core, libata, the SCSI midlayer and sd create) ---------------------
+    # --- the device tree (what the PCI core, libata, the SCSI midlayer and sd show) ------------
 
-    def add_sysfs(self, root: GenDir, disk: Gendisk) -> tuple[str, str]:
-        """The PCI function, ata1, scsi host0, target0:0:0 and 0:0:0:0; returns (disk dir, device dir)."""
-        pci = f"devices/pci0000:00/{AHCI_PCI_ADDRESS}"
-        p = root.path(pci)
-        for name, value in (("vendor", f"{PCI_VENDOR_INTEL:#06x}"), ("device", f"{PCI_DEVICE_ICH9_AHCI:#06x}"),
-                            ("subsystem_vendor", "0x1af4"), ("subsystem_device", "0x1100"),
-                            ("class", f"{PCI_CLASS_SATA_AHCI:#08x}"), ("revision", "0x02"), ("numa_node", "-1"),
-                            ("irq", str(self.irq)), ("enable", "1"), ("msi_bus", "1")):
-            attr(p, name, _const(value + "\n"))
-        link(root, f"{pci}/subsystem", "bus/pci")
-        link(root, f"bus/pci/devices/{AHCI_PCI_ADDRESS}", pci)
-        link(root, f"{pci}/driver", "bus/pci/drivers/ahci")
-        link(root, f"bus/pci/drivers/ahci/{AHCI_PCI_ADDRESS}", pci)
+    def _register_devices(self) -> Device:
+        """PCI function, ata1, scsi host0, target0:0:0 and 0:0:0:0; returns the SCSI device, the disk's parent."""
+        core = self.core
+        ids = PciIds(PCI_VENDOR_INTEL, PCI_DEVICE_ICH9_AHCI, 0x1AF4, 0x1100, PCI_CLASS_SATA_AHCI, revision=0x02,
+                     irq=self.irq)
+        pci = pci_register_function(core, AHCI_PCI_ADDRESS, ids, "ahci")
+        self.devices = [pci]
+        ata = self._register(Device(f"ata{self.ata_port}", pci))
+        self._ata_transport(ata)
+        scsi = core.bus_register("scsi")
+        host = self._register(Device(f"host{self.host_no}", ata, bus=scsi, devtype="scsi_host"))
+        self._scsi_host_class(host)
+        target = self._register(Device(f"target{self.host_no}:0:0", host, bus=scsi, devtype="scsi_target"))
+        sdev = Device(self.hctl, target, bus=scsi, devtype="scsi_device", driver=scsi.driver_register("sd"),
+                      uevent=lambda: ["MODALIAS=scsi:t-0x00"])
+        self._scsi_device_attrs(sdev)
+        self._register(sdev)
+        self._register(Device(self.hctl, sdev, cls=core.class_register("scsi_device")))
+        self._register(self._scsi_disk_class(sdev))
+        return sdev
 
-        ata_dir = f"{pci}/ata{self.ata_port}"
-        self._ata_sysfs(root, ata_dir)
-        host = f"{ata_dir}/host{self.host_no}"
-        self._scsi_host_sysfs(root, host)
-        target = f"{host}/target{self.host_no}:0:0"
-        root.path(target)
-        link(root, f"{target}/subsystem", "bus/scsi")
-        link(root, f"bus/scsi/devices/target{self.host_no}:0:0", target)
-        sdev = f"{target}/{self.hctl}"
-        self._scsi_device_sysfs(root, sdev)
-        return f"{sdev}/block/{disk.name}", sdev
+    def _register(self, dev: Device) -> Device:
+        self.devices.append(device_register(dev))
+        return dev
 
-    def _ata_sysfs(self, root: GenDir, ata_dir: str) -> None:
-        """ata1 and its transport class objects: ata_port, ata_link and ata_device (libata-transport.c)."""
-        n = self.ata_port
-        port_dir = f"{ata_dir}/ata_port/ata{n}"
-        p = root.path(port_dir)
+    def unregister_devices(self, registry: BlockRegistry) -> None:
+        """The disk, then every device probe registered, children first, leave the tree (and /sys)."""
+        if self.disk is not None:
+            registry.del_gendisk(self.disk)
+        while self.devices:
+            device_unregister(self.devices.pop())
+
+    def _ata_transport(self, ata: Device) -> None:
+        """ata1's transport objects (libata-transport.c): ata_port/ata1, link1/ata_link/link1, dev1.0/ata_device/."""
+        core, n = self.core, self.ata_port
+        port = Device(f"ata{n}", ata, cls=core.class_register("ata_port"))
         for name, value in (("port_no", str(n)), ("nr_pmp_links", "0"), ("idle_irq", "0")):
-            attr(p, name, _const(value + "\n"))
-        link(root, f"class/ata_port/ata{n}", port_dir)
-        link_dir = f"{ata_dir}/link{n}/ata_link/link{n}"
-        lk = root.path(link_dir)
-        attr(lk, "sata_spd", self._sata_spd)
+            port.add_attr(name, const(value + "\n"))
+        self._register(port)
+        link = self._register(Device(f"link{n}", ata))
+        link_cls = Device(f"link{n}", link, cls=core.class_register("ata_link"))
+        link_cls.add_attr("sata_spd", self._sata_spd)
         for name, value in (("hw_sata_spd_limit", "<unknown>"), ("sata_spd_limit", "<unknown>")):
-            attr(lk, name, _const(value + "\n"))
-        link(root, f"class/ata_link/link{n}", link_dir)
-        dev_dir = f"{ata_dir}/link{n}/dev{n}.0/ata_device/dev{n}.0"
-        d = root.path(dev_dir)
+            link_cls.add_attr(name, const(value + "\n"))
+        self._register(link_cls)
+        dev = self._register(Device(f"dev{n}.0", link))
+        dev_cls = Device(f"dev{n}.0", dev, cls=core.class_register("ata_device"))
         for name, value in (("class", "ata"), ("pio_mode", "PIO4"), ("dma_mode", "UDMA/133"),
                             ("xfer_mode", "UDMA/133"), ("spdn_cnt", "0"), ("ering", ""), ("gscr", ""),
                             ("trim", "unqueued" if self.identity and self.identity.trim else "unsupported")):
-            attr(d, name, _const(value + "\n"))
-        attr(d, "id", self._identify_words)
-        link(root, f"class/ata_device/dev{n}.0", dev_dir)
+            dev_cls.add_attr(name, const(value + "\n"))
+        dev_cls.add_attr("id", self._identify_words)
+        self._register(dev_cls)
 
     def _sata_spd(self) -> str:
         spd = self._readl(PORT + L.PxSSTS) >> 4 & 0xF
@@ -797,66 +809,56 @@ class AhciDriver:
         return "".join(f"{w:04x}{chr(10) if i % 8 == 7 else ' '}" for i, w in enumerate(words))
 
     def _write_cache_on(self) -> bool:
-        return bool(self.disk is not None and self.disk.queue.limits.write_cache == "write back")
+        """sd's WCE: what the drive last said of its cache (IDENTIFY), not the queue's write_cache flag."""
+        return bool(self.identity is not None and self.identity.write_cache)
 
-    def _scsi_host_sysfs(self, root: GenDir, host: str) -> None:
+    def _scsi_host_class(self, host: Device) -> None:
         """Scsi_Host host0: proc_name "ahci" is what lsblk matches for TRAN=sata; libahci's own attributes too."""
-        root.path(host)
-        link(root, f"{host}/subsystem", "bus/scsi")
-        link(root, f"bus/scsi/devices/host{self.host_no}", host)
-        sh_dir = f"{host}/scsi_host/host{self.host_no}"
-        sh = root.path(sh_dir)
+        sh = Device(f"host{self.host_no}", host, cls=self.core.class_register("scsi_host"))
         for name, value in (("proc_name", "ahci"), ("unique_id", str(self.ata_port)), ("can_queue", str(self.depth)),
                             ("cmd_per_lun", "0"), ("sg_tablesize", str(PRDS_PER_TABLE)), ("host_busy", "0"),
                             ("state", "running"), ("active_mode", "Initiator"), ("supported_mode", "Initiator"),
                             ("prot_capabilities", "0"), ("prot_guard_type", "0"), ("eh_deadline", "off"),
                             ("link_power_management_policy", "max_performance"), ("em_message_type", "0")):
-            attr(sh, name, _const(value + "\n"))
+            sh.add_attr(name, const(value + "\n"))
         for name, reg in (("ahci_host_caps", L.CAP), ("ahci_host_cap2", L.CAP2), ("ahci_host_version", L.VS),
                           ("ahci_port_cmd", PORT + L.PxCMD)):
-            attr(sh, name, self._register_show(reg))
-        link(root, f"{sh_dir}/subsystem", "class/scsi_host")
-        link(root, f"{sh_dir}/device", host)
-        link(root, f"class/scsi_host/host{self.host_no}", sh_dir)
+            sh.add_attr(name, self._register_show(reg))
+        self._register(sh)
 
-    def _register_show(self, offset: int) -> Callable[[], str]:
+    def _register_show(self, offset: int) -> Show:
         return lambda: f"{self._readl(offset):x}\n"
 
-    def _scsi_device_sysfs(self, root: GenDir, sdev: str) -> None:
-        """The SCSI device 0:0:0:0 (scsi_sysfs.c sdev_attrs) and its scsi_device / scsi_disk class objects."""
-        d = root.path(sdev)
+    def _scsi_device_attrs(self, sdev: Device) -> None:
+        """The SCSI device 0:0:0:0 (scsi_sysfs.c sdev_attrs)."""
         for name, value in (("vendor", self.scsi_vendor), ("model", self.scsi_model), ("rev", self.scsi_rev),
                             ("type", "0"), ("scsi_level", "6"), ("state", "running"),  # ANSI 5 (SPC-3) + 1
                             ("queue_depth", str(self.depth)), ("queue_type", "simple" if self.ncq else "none"),
-                            ("device_blocked", "0"), ("device_busy", "0"), ("timeout", "30"), ("eh_timeout", "10"),
+                            ("device_blocked", "0"), ("device_busy", "0"), ("eh_timeout", "10"),
                             ("iocounterbits", "32"), ("evt_media_change", "0"), ("ncq_prio_enable", "0"),
-                            ("ncq_prio_supported", "0"), ("modalias", "scsi:t-0x00"),
-                            ("uevent", "DEVTYPE=scsi_device\nDRIVER=sd\nMODALIAS=scsi:t-0x00")):
-            attr(d, name, _const(value + "\n"))
-        attr(d, "iorequest_cnt", lambda: f"{self.counts['requests']:#x}\n")
-        attr(d, "iodone_cnt", lambda: f"{self.counts['requests']:#x}\n")
-        attr(d, "ioerr_cnt", lambda: f"{self.errors:#x}\n")
-        link(root, f"{sdev}/subsystem", "bus/scsi")
-        link(root, f"{sdev}/driver", "bus/scsi/drivers/sd")
-        link(root, f"bus/scsi/drivers/sd/{self.hctl}", sdev)
-        link(root, f"bus/scsi/devices/{self.hctl}", sdev)
-        sd_dir = f"{sdev}/scsi_device/{self.hctl}"
-        root.path(sd_dir)
-        link(root, f"{sd_dir}/device", sdev)
-        link(root, f"class/scsi_device/{self.hctl}", sd_dir)
-        disk_dir = f"{sdev}/scsi_disk/{self.hctl}"
-        sk = root.path(disk_dir)
-        attr(sk, "cache_type", lambda: ("write back" if self._write_cache_on() else "write through") + "\n",
-             self._store_cache_type)
+                            ("ncq_prio_supported", "0"), ("modalias", "scsi:t-0x00")):
+            sdev.add_attr(name, const(value + "\n"))
+        sdev.add_attr("timeout", self._timeout_seconds)  # sdev_show_timeout: the queue's rq_timeout / HZ
+        sdev.add_attr("iorequest_cnt", lambda: f"{self.counts['requests']:#x}\n")
+        sdev.add_attr("iodone_cnt", lambda: f"{self.counts['requests']:#x}\n")
+        sdev.add_attr("ioerr_cnt", lambda: f"{self.errors:#x}\n")
+
+    def _timeout_seconds(self) -> str:
+        return f"{self.disk.queue.rq_timeout // HZ if self.disk is not None else 30}\n"
+
+    def _scsi_disk_class(self, sdev: Device) -> Device:
+        """sd's scsi_disk class object, with the writable cache_type."""
+        sk = Device(self.hctl, sdev, cls=self.core.class_register("scsi_disk"))
+        sk.add_attr("cache_type", lambda: ("write back" if self._write_cache_on() else "write through") + "\n",
+                    self._store_cache_type)
         trim = bool(self.identity and self.identity.trim)
         for name, value in (("FUA", "0"), ("allow_restart", "1"), ("manage_start_stop", "1"),
                             ("protection_type", "0"), ("protection_mode", "none"), ("app_tag_own", "0"),
                             ("thin_provisioning", str(int(trim))), ("provisioning_mode", "unmap" if trim else "full"),
                             ("max_medium_access_timeouts", "2"), ("max_write_same_blocks", "0"),
                             ("zoned_cap", "none"), ("max_retries", "5")):
-            attr(sk, name, _const(value + "\n"))
-        link(root, f"{disk_dir}/device", sdev)
-        link(root, f"class/scsi_disk/{self.hctl}", disk_dir)
+            sk.add_attr(name, const(value + "\n"))
+        return sk
 
 
 # --- PRDT building ----------------------------------------------------------------------------
@@ -931,24 +933,3 @@ def split_prds(prds: list[tuple[int, int]], block: int, max_prds: int, max_bytes
 def _prdt_struct(entries: int) -> struct.Struct:
     """`entries` PrdEntry records back to back: PRD_ENTRY's format repeated."""
     return struct.Struct("<" + L.PRD_ENTRY.format.lstrip("<") * entries)
-
-
-def _const(text: str) -> Callable[[], str]:
-    return lambda: text
-
-
-def probe_ahci(kernel: Kernel) -> tuple[Gendisk, AhciDriver]:
-    """Build the HBA over the kernel's RAM and disk image, wire its interrupt, probe: (disk, driver)."""
-    image = kernel.image
-    if image is None:
-        raise KernelError(errno.ENODEV, "ahci: no disk image")
-    driver: AhciDriver | None = None
-
-    def raise_irq(vector: int) -> None:
-        if driver is not None and driver.irq:
-            kernel.irqs.raise_irq(driver.irq)
-
-    hba = AhciHba(kernel.mm.ram, image, raise_irq=raise_irq, serial=_serial(kernel.config.image), model=MODEL,
-                  firmware=FIRMWARE)
-    driver = AhciDriver(hba, kernel.mm, kernel.irqs, kernel.log, read_only=image.read_only)
-    return driver.probe(kernel.block), driver

@@ -15,22 +15,26 @@ Contract:
   (nvme_error_status), the only place NVMe status turns into errno.
 - Queue memory and PRP list pages are frames from the page allocator, owned
   by the driver for the life of the kernel.
+- Probe registers with the driver core what Linux's PCI core and nvme show:
+  the PCI function (bound to driver nvme), the controller nvme<N> (class nvme,
+  char device 240:N, with model, serial, firmware_rev, …) and, below it, the
+  disk with nsid and wwid. `unregister_devices(registry)` takes them out.
 """
 
 from __future__ import annotations
 
 import errno
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rinuxfs.block.bio import SECTOR_SHIFT, ReqOp, Request
 from rinuxfs.block.genhd import BLOCK_EXT_MAJOR, BlockRegistry, Gendisk
-from rinuxfs.block.queue import QueueLimits, RequestQueue
+from rinuxfs.block.queue import U32_MAX, QueueLimits, RequestQueue
+from rinuxfs.drivers.base.core import DriverCore
+from rinuxfs.drivers.base.device import Device, device_register, device_unregister
+from rinuxfs.drivers.base.kobject import const
+from rinuxfs.drivers.pci import PciIds, pci_register_function
 from rinuxfs.errors import KernelError
-from rinuxfs.fs.kernfs import GenDir
-from rinuxfs.fs.sysfs import attr
-from rinuxfs.fs.sysfs_block import link
 from rinuxfs.hw.irq import IrqChip
 from rinuxfs.hw.mmio import Bar
 from rinuxfs.hw.nvme import (
@@ -56,6 +60,10 @@ IO_DEPTH = 256  # entries per I/O queue: 16 KiB of SQ, 4 KiB of CQ
 PRP_ENTRIES_PER_PAGE = PAGE_SIZE // 8
 NVME_PCI_ADDRESS = "0000:00:04.0"
 PCI_VENDOR_REDHAT, PCI_DEVICE_QEMU_NVME = 0x1B36, 0x0010
+NVME_PCI_IDS = PciIds(PCI_VENDOR_REDHAT, PCI_DEVICE_QEMU_NVME, 0x1AF4, 0x1100, 0x010802)
+NVME_CHAR_MAJOR = 240  # the first dynamic character major, where nvme's controller nodes land
+NVME_CTRL_PAGE_SIZE = 4096
+NVME_DSM_MAX_RANGES = 256
 
 # nvme_error_status() and blk_errors[]: NVMe status -> errno. read-only is refused with EROFS
 # before a write reaches the device; the driver maps Namespace Write Protected the same way.
@@ -104,8 +112,11 @@ class NvmeError(KernelError):
 
 class NvmeDriver:
     def __init__(self, ctrl: NvmeController, mm: MemoryManager, irqs: IrqChip, log: KernelLog, nr_cpus: int,
-                 instance: int) -> None:
+                 instance: int, core: DriverCore) -> None:
         self.ctrl = ctrl
+        self.core = core
+        self.devices: list[Device] = []  # what probe registered, parents first
+        self.disk: Gendisk | None = None
         self.bar = Bar(ctrl)
         self.mm = mm
         self.irqs = irqs
@@ -156,7 +167,12 @@ class NvmeDriver:
         self._identify_namespace(1)
         self.log.info(f"nvme {self.name}: pci function {NVME_PCI_ADDRESS}")
         self.log.info(f"nvme {self.name}: {granted}/0/0 default/read/poll queues")
-        return self._gendisk(registry)
+        ctrl_dev = self._register_devices()
+        disk = self.disk = self._gendisk(registry)
+        disk_dev = registry.add_disk(disk, ctrl_dev)
+        disk_dev.add_attr("nsid", const("1\n"))
+        disk_dev.add_attr("wwid", const(f"nvme.1b36-{str(self.id_ctrl['serial']).encode().hex()}-0001\n"))
+        return disk
 
     def _csts(self) -> int:
         return self.bar.readl(Reg.CSTS)
@@ -258,6 +274,8 @@ class NvmeDriver:
             discard_granularity=lbs, discard_max_hw_bytes=(0xFFFFFFFF * lbs) if self.oncs & 0x4 else 0,
             discard_max_bytes=(0xFFFFFFFF * lbs) if self.oncs & 0x4 else 0,
             write_zeroes_max_bytes=(0x10000 * lbs) if self.oncs & 0x8 else 0, queue_depth=IO_DEPTH - 1,
+            max_discard_segments=NVME_DSM_MAX_RANGES, max_segment_size=U32_MAX,
+            virt_boundary_mask=NVME_CTRL_PAGE_SIZE - 1, dma_alignment=3, fua=int(self.vwc),
         )
         nsectors = self.nsze * lbs >> SECTOR_SHIFT
         # elevator_get_default: mq-deadline only for a single hardware queue; several queues go without.
@@ -353,37 +371,27 @@ class NvmeDriver:
         if moved:
             self.bar.writel(q.cq_doorbell(), q.cq_head)
 
-    # --- sysfs (what nvme_sysfs_* and the PCI core create) -----------------------------------
+    # --- the device tree (what the PCI core and nvme_sysfs_* show) -----------------------------
 
-    def add_sysfs(self, root: GenDir, disk: Gendisk) -> tuple[str, str]:
-        """The PCI function, the controller and its class link; returns the disk's directory and its device's."""
-        pci = f"devices/pci0000:00/{NVME_PCI_ADDRESS}"
-        p = root.path(pci)
-        for name, value in (("vendor", f"{PCI_VENDOR_REDHAT:#06x}"), ("device", f"{PCI_DEVICE_QEMU_NVME:#06x}"),
-                            ("subsystem_vendor", "0x1af4"), ("subsystem_device", "0x1100"),
-                            ("class", "0x010802"), ("numa_node", "-1")):
-            attr(p, name, _const(value + "\n"))
-        ctrl_dir = f"{pci}/nvme/{self.name}"
-        c = root.path(ctrl_dir)
+    def _register_devices(self) -> Device:
+        """The PCI function and the controller below it (…/0000:00:04.0/nvme/nvme0); returns the controller."""
+        core = self.core
+        pci = pci_register_function(core, NVME_PCI_ADDRESS, NVME_PCI_IDS, "nvme")
+        ctrl = Device(self.name, pci, cls=core.class_register("nvme"), devt=(NVME_CHAR_MAJOR, self.instance))
         ident = self.id_ctrl
         for name, value in (("model", str(ident["model"])), ("serial", str(ident["serial"])),
                             ("firmware_rev", str(ident["firmware"])), ("transport", "pcie"), ("state", "live"),
                             ("cntlid", str(ident["cntlid"])), ("address", NVME_PCI_ADDRESS),
                             ("queue_count", str(len(self.queues))), ("sqsize", str(IO_DEPTH - 1)),
-                            ("numa_node", "-1"), ("dev", f"{NVME_CHAR_MAJOR}:{self.instance}")):
-            attr(c, name, _const(value + "\n"))
-        link(root, f"{ctrl_dir}/device", pci)
-        link(root, f"{ctrl_dir}/subsystem", "class/nvme")
-        link(root, f"class/nvme/{self.name}", ctrl_dir)
-        link(root, f"dev/char/{NVME_CHAR_MAJOR}:{self.instance}", ctrl_dir)
-        disk_dir = f"{ctrl_dir}/{disk.name}"
-        attr(root.path(disk_dir), "nsid", _const("1\n"))
-        attr(root.path(disk_dir), "wwid", _const(f"nvme.1b36-{str(ident['serial']).encode().hex()}-0001\n"))
-        return disk_dir, ctrl_dir
+                            ("numa_node", "-1")):
+            ctrl.add_attr(name, const(value + "\n"))
+        self.devices = [pci, device_register(ctrl)]
+        return ctrl
 
-
-NVME_CHAR_MAJOR = 240  # the first dynamic character major, where nvme's controller nodes land
-
-
-def _const(text: str) -> Callable[[], str]:
-    return lambda: text
+    def unregister_devices(self, registry: BlockRegistry) -> None:
+        """The disk, then the controller, then the PCI function leave the tree (and /sys)."""
+        if self.disk is not None:
+            registry.del_gendisk(self.disk)
+            self.disk = None
+        while self.devices:
+            device_unregister(self.devices.pop())

@@ -1,4 +1,4 @@
-"""Generated trees for procfs and sysfs: directories, attribute files and links rendered on read.
+"""Generated trees for procfs, sysfs and debugfs: directories, attribute files and links rendered on read.
 
 Contract:
 - A `GenFile` renders its whole content with `show()` when read at offset 0
@@ -10,6 +10,9 @@ Contract:
 - A `GenDir` holds static children and may add dynamic ones from a function
   (the pid directories of /proc); a dynamic child keeps its inode while its
   key lives, so inode numbers stay stable.
+- A `MirrorDir` shows a tree the kernel owns elsewhere (the driver core's kobjects, debugfs):
+  its children are that tree's entries at the moment of each lookup or readdir, so what is
+  registered later appears and what is removed disappears (ENOENT) without a rebuild.
 - The tree keeps no copy of kernel state: every value comes from a callback.
 """
 
@@ -18,7 +21,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from rinuxfs.errors import KernelError
 from rinuxfs.fs.superblock import SuperBlock
@@ -26,6 +30,18 @@ from rinuxfs.fs.vfs import AttrChange, Credentials, Inode, OpenFile
 
 Show = Callable[[], str]
 Store = Callable[[str], None]
+
+
+class KernfsSuperBlock(SuperBlock):
+    """A filesystem of generated files whose tree changes: the host caches names and attributes 1 s only."""
+
+    entry_timeout = 1.0
+    attr_timeout = 1.0
+
+    @property  # type: ignore[override]
+    def source(self) -> str:
+        """What /proc/mounts shows as the device: the type's own name, as for every pseudo filesystem."""
+        return self.fs_type
 
 
 class GenFile(Inode):
@@ -178,3 +194,104 @@ class GenDir(Inode):
                 del self._dynamic_cache[gone]
             rows += [(k.encode(), self._dynamic_child(k)) for k in keys]
         return rows
+
+
+class LiveFile(GenFile):
+    """A file of a tree that can lose it: once `alive()` is false, open, read and write fail with `gone`."""
+
+    def __init__(self, sb: SuperBlock, show: Show, store: Store | None, mode: int, st_size: int,
+                 alive: Callable[[], bool], gone: int) -> None:
+        super().__init__(sb, self._live_show, self._live_store if store is not None else None, mode, st_size)
+        self._show, self._store = show, store
+        self._alive, self._gone = alive, gone
+
+    def _check(self) -> None:
+        if not self._alive():
+            raise KernelError(self._gone, "the file was removed")
+
+    def _live_show(self) -> str:
+        self._check()
+        return self._show()
+
+    def _live_store(self, text: str) -> None:
+        self._check()
+        if self._store is None:
+            raise KernelError(errno.EACCES, "read-only file")
+        self._store(text)
+
+    def open(self, flags: int, cred: Credentials) -> OpenFile:
+        self._check()
+        return super().open(flags, cred)
+
+
+class TreeNode(Protocol):
+    """A directory of a kernel-owned tree: a kobject, a debugfs directory."""
+
+    @property
+    def entries(self) -> Mapping[str, object]: ...
+
+    def is_live(self) -> bool: ...
+
+
+class MirrorDir(GenDir):
+    """A directory whose children are a node's entries in a kernel-owned tree, rendered on demand.
+
+    Its children are `node.entries` while `node.is_live()`, none after. An entry of `dir_type` is
+    a directory of the same kind; a subclass renders the others (`render_leaf`). An inode made for
+    an entry is kept while that entry stays under that name, so inode numbers are stable (the host
+    kernel and a mount point on top rely on it); a name whose entry went away is forgotten at the
+    next lookup or readdir. So the cache holds at most what is registered plus what vanished since
+    this directory was last looked at.
+    """
+
+    dir_type: type = object
+
+    def __init__(self, sb: SuperBlock, parent: GenDir | None, node: TreeNode, mode: int = 0o755) -> None:
+        super().__init__(sb, parent, mode)
+        self.node = node
+        self._made: dict[str, tuple[object, Inode]] = {}
+
+    def children(self) -> Mapping[str, object]:
+        return self.node.entries if self.node.is_live() else {}
+
+    def is_dir_node(self, node: object) -> bool:
+        return isinstance(node, self.dir_type)
+
+    def render(self, node: object) -> Inode:
+        if isinstance(node, self.dir_type):
+            return type(self)(self.sb, self, node)
+        return self.render_leaf(node)
+
+    def render_leaf(self, node: object) -> Inode:
+        raise NotImplementedError
+
+    @property  # type: ignore[override]
+    def nlink(self) -> int:
+        """2 and one per subdirectory, as kernfs counts: find(1) may rely on it."""
+        return 2 + sum(1 for node in self.children().values() if self.is_dir_node(node))
+
+    @nlink.setter
+    def nlink(self, value: int) -> None:
+        return None  # computed from the tree, not stored
+
+    def lookup(self, name: bytes, cred: Credentials) -> Inode | None:
+        key = name.decode(errors="surrogateescape")
+        node = self.children().get(key)
+        if node is None:
+            self._made.pop(key, None)
+            return None
+        return self._inode(key, node)
+
+    def entries(self, cred: Credentials) -> Iterable[tuple[bytes, Inode]]:
+        children = dict(self.children())
+        for gone in [key for key in self._made if key not in children]:
+            del self._made[gone]
+        return [(key.encode(errors="surrogateescape"), self._inode(key, node)) for key, node in children.items()]
+
+    def _inode(self, key: str, node: object) -> Inode:
+        made = self._made.get(key)
+        if made is not None and made[0] is node:
+            return made[1]
+        inode = self.render(node)
+        self._made[key] = (node, inode)
+        return inode

@@ -24,27 +24,16 @@ from rinuxfs.mm.page_alloc import (
     WMARK_LOW,
     WMARK_MIN,
     WMARK_PROMO,
-    Node,
-    Zone,
     stat_threshold,
     zone_batchsize,
 )
-from rinuxfs.mm.vmstat import NUMA_EVENTS, VMSTAT_ITEMS
+from rinuxfs.mm.vmstat import NODE_STAT_ITEMS, NUMA_EVENTS, ZONE_STAT_ITEMS, node_stat_value, zone_stat_value
 
 if TYPE_CHECKING:
     from rinuxfs.kernel import Kernel
 
 INT_MAX = (1 << 31) - 1
 ULONG_MAX = (1 << 64) - 1
-ZONE_STAT_ITEMS = VMSTAT_ITEMS[: VMSTAT_ITEMS.index("nr_free_cma") + 1]
-NODE_STAT_ITEMS = VMSTAT_ITEMS[VMSTAT_ITEMS.index("nr_inactive_anon") : VMSTAT_ITEMS.index("nr_kernel_file_pages") + 1]
-_NODE_ALIASES = {"nr_slab_reclaimable": "nr_slab_reclaimable_pages",
-                 "nr_slab_unreclaimable": "nr_slab_unreclaimable_pages"}
-_ZONE_ALIASES = {"nr_zone_inactive_anon": "nr_inactive_anon", "nr_zone_active_anon": "nr_active_anon",
-                 "nr_zone_inactive_file": "nr_inactive_file", "nr_zone_active_file": "nr_active_file",
-                 "nr_zone_unevictable": "nr_unevictable"}
-
-
 # --- buddyinfo, pagetypeinfo ---------------------------------------------------------------
 
 
@@ -73,22 +62,6 @@ def render_pagetypeinfo(mm: MemoryManager) -> str:
 
 
 # --- zoneinfo and the node views -------------------------------------------------------------
-
-
-def node_stat_value(mm: MemoryManager, node: Node, name: str) -> int:
-    if name == "nr_kernel_stack":
-        return mm.kernel_stack_kb if node.nid == 0 else 0
-    return max(0, node.stat[_NODE_ALIASES.get(name, name)])
-
-
-def zone_stat_value(zone: Zone, name: str) -> int:
-    if name == "nr_free_pages":
-        return zone.nr_free
-    if name == "nr_free_pages_blocks":
-        return sum(row[o] << o for row in zone.buddy.counts() for o in range(PAGEBLOCK_ORDER, NR_PAGE_ORDERS))
-    if name == "nr_zone_write_pending":
-        return zone.stat["nr_dirty"] + zone.stat["nr_writeback"]
-    return max(0, zone.stat[_ZONE_ALIASES.get(name, name)])
 
 
 def render_zoneinfo(mm: MemoryManager, online_cpus: list[int]) -> str:
@@ -126,32 +99,6 @@ def render_zoneinfo(mm: MemoryManager, online_cpus: list[int]) -> str:
                            f"\n              high_max: {high_max}\n  vm stats threshold: {threshold}")
             out.append(f"\n  node_unreclaimable:  0\n  start_pfn:           {zone.start_pfn}\n")
     return "".join(out)
-
-
-def render_node_meminfo(mm: MemoryManager, nid: int) -> str:
-    lines = []
-    for key, value in mm.node_meminfo(nid).items():
-        if key.startswith("HugePages_"):
-            lines.append(f"Node {nid} {key + ':':<17}{value:5d}\n")
-        else:
-            lines.append(f"Node {nid} {key + ':':<16}{value:8d} kB\n")
-    return "".join(lines)
-
-
-def render_node_numastat(mm: MemoryManager, nid: int) -> str:
-    zones = mm.allocator.nodes[nid].zones
-    total = {name: sum(z.stat[name] for z in zones) for name in NUMA_EVENTS}
-    return (f"numa_hit {total['numa_hit']}\nnuma_miss {total['numa_miss']}\nnuma_foreign {total['numa_foreign']}\n"
-            f"interleave_hit {total['numa_interleave']}\nlocal_node {total['numa_local']}\n"
-            f"other_node {total['numa_other']}\n")
-
-
-def render_node_vmstat(mm: MemoryManager, nid: int) -> str:
-    node = mm.allocator.nodes[nid]
-    rows = [(name, sum(zone_stat_value(z, name) for z in node.zones if z.populated)) for name in ZONE_STAT_ITEMS]
-    rows += [(name, sum(z.stat[name] for z in node.zones)) for name in NUMA_EVENTS]
-    rows += [(name, node_stat_value(mm, node, name)) for name in NODE_STAT_ITEMS]
-    return "".join(f"{name} {value}\n" for name, value in rows)
 
 
 # --- sysctl parsing ---------------------------------------------------------------------------

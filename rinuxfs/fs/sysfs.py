@@ -1,182 +1,82 @@
-"""sysfs: kobjects and their attributes, rendered on read; the skeleton block devices hang on.
+"""sysfs: the driver core's tree of kobjects, rendered as directories, files and symlinks.
 
-Attribute files report st_size 4096, as sysfs does. Writable attributes parse
-their value like the kernel (kstrtobool, kstrtouint) and reject a bad one with
-EINVAL; read-only ones refuse writers with EACCES (kernfs_fop_open).
+sysfs knows no driver. It shows `DriverCore.root` as it is at each lookup, readdir and read;
+whatever a driver, the block layer or mm registered (at boot or later) is there, and whatever
+they unregistered is gone:
+- a Kobject (an attribute group too) is a directory, mode 0755 (the root 0555);
+- an Attribute is a file of st_size 4096 (as sysfs reports) with the attribute's mode. Reading
+  renders show() at offset 0 (one snapshot per open file); a write passes its text to store(),
+  which rejects a bad value with Linux's errno. Opening a file without store for writing is
+  EACCES, for root too (kernfs_fop_open);
+- a Link is a symlink whose text is computed from where its directory and its target sit at
+  the time of reading, relative as kernfs writes it (kernfs_get_target_path);
+- after removal, lookups give ENOENT and a file still open gives ENODEV (kernfs_get_active).
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from rinuxfs.errors import KernelError
-from rinuxfs.fs.kernfs import GenDir, Show, Store
-from rinuxfs.fs.superblock import StatFs, SuperBlock
-from rinuxfs.fs.vfs import Vfs
-
-if TYPE_CHECKING:
-    from rinuxfs.kernel import Kernel
+from rinuxfs.drivers.base.core import DriverCore
+from rinuxfs.drivers.base.kobject import Attribute, Kobject, Link
+from rinuxfs.fs.kernfs import GenSymlink, KernfsSuperBlock, LiveFile, MirrorDir
+from rinuxfs.fs.superblock import SuperBlock
+from rinuxfs.fs.vfs import Inode, Vfs
 
 SYSFS_MAGIC = 0x62656572
 SYSFS_ATTR_SIZE = 4096
-NR_CPUS = 8192  # CONFIG_NR_CPUS of a distribution kernel; kernel_max is NR_CPUS - 1
 
 
-class SysSuperBlock(SuperBlock):
+class SysSuperBlock(KernfsSuperBlock):
     fs_type = "sysfs"
     magic = SYSFS_MAGIC
-    source = "sysfs"
-    entry_timeout = 1.0
-    attr_timeout = 1.0
 
-    def __init__(self, vfs: Vfs, kernel: Kernel) -> None:
+    def __init__(self, vfs: Vfs, core: DriverCore) -> None:
         super().__init__(vfs)
-        self.kernel = kernel
-        self.root = GenDir(self, mode=0o555)
-        build_sys_tree(self.root, kernel)
-
-    def statfs(self) -> StatFs:
-        return StatFs(SYSFS_MAGIC, 4096, 0, 0, 0, 0, 0)
+        self.core = core
+        self.root = SysDir(self, None, core.root, mode=0o555)
 
 
-def attr(d: GenDir, name: str, show: Show, store: Store | None = None, mode: int | None = None) -> None:
-    d.file(name, show, store, mode, st_size=SYSFS_ATTR_SIZE)
+class SysDir(MirrorDir):
+    """A kobject's directory (an attribute group's too)."""
+
+    node: Kobject
+    dir_type = Kobject
+
+    def render_leaf(self, node: object) -> Inode:
+        if isinstance(node, Link):
+            return SysLink(self.sb, self.node, node)
+        if isinstance(node, Attribute):
+            return sys_attr(self.sb, self.node, node)
+        raise TypeError(f"a kobject holds kobjects, attributes and links, not {node!r}")
 
 
-def parse_bool(text: str) -> bool:
-    """kstrtobool: 1/0, y/n, on/off (first characters decide), one trailing newline allowed."""
-    value = text[:-1] if text.endswith("\n") else text
-    low = value.lower()
-    if low in ("1", "y", "yes", "on", "true"):
-        return True
-    if low in ("0", "n", "no", "off", "false"):
-        return False
-    raise KernelError(errno.EINVAL, f"not a boolean: {value!r}")
+def sys_attr(sb: SuperBlock, owner: Kobject, attribute: Attribute) -> LiveFile:
+    """An attribute file; ENODEV once its kobject or the attribute itself left the tree."""
+
+    def active() -> bool:
+        return owner.is_live() and owner.entries.get(attribute.name) is attribute
+
+    return LiveFile(sb, attribute.show, attribute.store, attribute.mode, SYSFS_ATTR_SIZE, active, errno.ENODEV)
 
 
-def parse_uint(text: str, limit: int = (1 << 32) - 1) -> int:
-    """kstrtouint with base 0: decimal, 0x hex or 0 octal; ERANGE past the limit."""
-    value = text.strip("\n")
-    try:
-        number = int(value, 0) if not value.startswith("+") else int(value[1:], 0)
-    except ValueError:
-        raise KernelError(errno.EINVAL, f"not a number: {value!r}") from None
-    if number < 0:
-        raise KernelError(errno.EINVAL, "negative value")
-    if number > limit:
-        raise KernelError(errno.ERANGE, "value out of range")
-    return number
+class SysLink(GenSymlink):
+    def __init__(self, sb: SuperBlock, owner: Kobject, link: Link) -> None:
+        super().__init__(sb, lambda: kernfs_target_path(owner.path, link.target.path))
 
 
-def cpu_list(cpus: set[int] | list[int]) -> str:
-    """The cpulist format: '0-3,5'."""
-    ordered = sorted(cpus)
-    parts: list[str] = []
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(parts)
+def kernfs_target_path(directory: str, target: str) -> str:
+    """kernfs_get_target_path: the text of a symlink in /sys/`directory` that points to /sys/`target`.
 
-
-def cpu_mask(cpus: set[int] | list[int], nbits: int) -> str:
-    """The cpumask format: hex, in 32-bit groups separated by commas, as wide as nr_cpu_ids."""
-    value = sum(1 << c for c in cpus)
-    digits = max(1, (nbits + 3) // 4)
-    text = format(value, f"0{digits}x")
-    groups = []
-    while text:
-        groups.insert(0, text[-8:])
-        text = text[:-8]
-    return ",".join(groups)
-
-
-def build_sys_tree(root: GenDir, k: Kernel) -> None:
-    for name in ("block", "bus", "class", "dev", "devices", "firmware", "fs", "kernel", "module", "power"):
-        root.dir(name)
-    root.path("dev/block")
-    root.path("dev/char")
-    root.path("class/block")
-    build_cpu_tree(root, k)
-    kernel = root.path("kernel")
-    attr(kernel, "address_bits", lambda: "64\n")
-    attr(kernel, "cpu_byteorder", lambda: "little\n")
-    attr(kernel, "fscaps", lambda: "1\n")
-    attr(kernel, "kexec_loaded", lambda: "0\n")
-    attr(kernel, "uevent_seqnum", lambda: f"{k.uevent_seqnum}\n")
-    attr(kernel, "rcu_expedited", lambda: f"{int(k.sysctl['rcu_expedited'])}\n",
-         lambda v: k.sysctl.__setitem__("rcu_expedited", int(parse_bool(v))))
-    attr(kernel, "rcu_normal", lambda: f"{int(k.sysctl['rcu_normal'])}\n",
-         lambda v: k.sysctl.__setitem__("rcu_normal", int(parse_bool(v))))
-    kernel.dir("mm")
-    kernel.dir("debug", mode=0o700)
-    kernel.dir("security")
-
-
-def build_cpu_tree(root: GenDir, k: Kernel) -> None:
-    cpus = k.cpus
-    cpu_dir = root.path("devices/system/cpu")
-    attr(cpu_dir, "possible", lambda: f"{cpu_list(range_set(cpus.possible))}\n")
-    attr(cpu_dir, "present", lambda: f"{cpu_list(range_set(cpus.possible))}\n")
-    attr(cpu_dir, "online", lambda: f"{cpu_list(cpus.online)}\n")
-    attr(cpu_dir, "offline", lambda: f"{cpu_list(range_set(cpus.possible) - cpus.online)}\n")
-    attr(cpu_dir, "kernel_max", lambda: f"{NR_CPUS - 1}\n")
-    attr(cpu_dir, "isolated", lambda: "\n")
-    bus = root.path("bus/cpu/devices")
-    everyone = range_set(cpus.possible)
-    for cpu in range(cpus.possible):
-        d = cpu_dir.dir(f"cpu{cpu}")
-        bus.add_symlink(f"cpu{cpu}", f"../../../devices/system/cpu/cpu{cpu}")
-        if cpu != 0:  # x86 cannot take the boot CPU offline
-            attr(d, "online", _show_online(k, cpu), _store_online(k, cpu))
-        topo = d.dir("topology")
-        mine = {cpu}
-        for name, value in (
-            ("core_id", str(cpu)), ("physical_package_id", "0"), ("die_id", "0"), ("cluster_id", str(cpu)),
-        ):
-            attr(topo, name, _const(value + "\n"))
-        for prefix, members in (
-            ("thread_siblings", mine), ("core_cpus", mine), ("cluster_cpus", mine),
-            ("core_siblings", everyone), ("package_cpus", everyone), ("die_cpus", everyone),
-        ):
-            attr(topo, prefix, _const(cpu_mask(members, cpus.possible) + "\n"))
-            attr(topo, f"{prefix}_list", _const(cpu_list(members) + "\n"))
-        for index, (level, kind, size_kb, ways, shared) in enumerate(_CACHES):
-            c = d.path(f"cache/index{index}")
-            sharing = everyone if shared else mine
-            sets = size_kb * 1024 // (64 * ways)
-            for name, value in (
-                ("id", "0" if shared else str(cpu)), ("level", str(level)), ("type", kind),
-                ("size", f"{size_kb}K"), ("ways_of_associativity", str(ways)), ("number_of_sets", str(sets)),
-                ("coherency_line_size", "64"), ("physical_line_partition", "1"),
-                ("shared_cpu_map", cpu_mask(sharing, cpus.possible)), ("shared_cpu_list", cpu_list(sharing)),
-            ):
-                attr(c, name, _const(value + "\n"))
-
-
-_CACHES = ((1, "Data", 32, 8, False), (1, "Instruction", 32, 8, False), (2, "Unified", 1024, 16, False),
-           (3, "Unified", 16384, 16, True))
-
-
-def range_set(n: int) -> set[int]:
-    return set(range(n))
-
-
-def _const(text: str) -> Show:
-    return lambda: text
-
-
-def _show_online(k: Kernel, cpu: int) -> Show:
-    return lambda: f"{int(cpu in k.cpus.online)}\n"
-
-
-def _store_online(k: Kernel, cpu: int) -> Callable[[str], None]:
-    def store(text: str) -> None:
-        k.set_cpu_online(cpu, parse_bool(text))
-
-    return store
+    It climbs from the link's directory to the first ancestor of the target's parent, then
+    names the way down, so a link to an ancestor still ends in that ancestor's name:
+    /sys/block/sda/device is "../../../0:0:0:0", never "../.." (lsblk takes HCTL and the
+    SCSI host, hence TRAN, from that last component).
+    """
+    base = [c for c in directory.split("/") if c]
+    dest = [c for c in target.split("/") if c]
+    ups = 0
+    while base and dest[:-1][:len(base)] != base:
+        base.pop()
+        ups += 1
+    return "../" * ups + "/".join(dest[len(base):])

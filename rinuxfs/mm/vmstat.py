@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from rinuxfs.mm.buddy import NR_PAGE_ORDERS, PAGEBLOCK_ORDER
 from rinuxfs.mm.core import MemoryManager
-from rinuxfs.mm.page_alloc import Zone
+from rinuxfs.mm.page_alloc import Node, Zone
 
 VMSTAT_ITEMS = (
     "nr_free_pages",
@@ -271,3 +271,28 @@ def vmstat(mm: MemoryManager) -> list[tuple[str, int]]:
             value = node[key] if key in node else events[key]
         rows.append((name, max(0, value)))
     return rows
+
+
+ZONE_STAT_ITEMS = VMSTAT_ITEMS[: VMSTAT_ITEMS.index("nr_free_cma") + 1]
+NODE_STAT_ITEMS = VMSTAT_ITEMS[VMSTAT_ITEMS.index("nr_inactive_anon") : VMSTAT_ITEMS.index("nr_kernel_file_pages") + 1]
+_NODE_ALIASES = {"nr_slab_reclaimable": "nr_slab_reclaimable_pages",
+                 "nr_slab_unreclaimable": "nr_slab_unreclaimable_pages"}
+_ZONE_ALIASES = {"nr_zone_inactive_anon": "nr_inactive_anon", "nr_zone_active_anon": "nr_active_anon",
+                 "nr_zone_inactive_file": "nr_inactive_file", "nr_zone_active_file": "nr_active_file",
+                 "nr_zone_unevictable": "nr_unevictable"}
+
+
+def node_stat_value(mm: MemoryManager, node: Node, name: str) -> int:
+    if name == "nr_kernel_stack":
+        return mm.kernel_stack_kb if node.nid == 0 else 0
+    return max(0, node.stat[_NODE_ALIASES.get(name, name)])
+
+
+def zone_stat_value(zone: Zone, name: str) -> int:
+    if name == "nr_free_pages":
+        return zone.nr_free
+    if name == "nr_free_pages_blocks":
+        return sum(row[o] << o for row in zone.buddy.counts() for o in range(PAGEBLOCK_ORDER, NR_PAGE_ORDERS))
+    if name == "nr_zone_write_pending":
+        return zone.stat["nr_dirty"] + zone.stat["nr_writeback"]
+    return max(0, zone.stat[_ZONE_ALIASES.get(name, name)])

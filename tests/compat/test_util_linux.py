@@ -144,7 +144,7 @@ def _findmnt(*args: str) -> str:
 
 
 EXPECTED_MOUNTS = [["/", "tmpfs", "rootfs"], ["/proc", "proc", "proc"], ["/sys", "sysfs", "sysfs"],
-                   ["/dev", "devtmpfs", "devtmpfs"]]
+                   ["/dev", "devtmpfs", "devtmpfs"], ["/sys/kernel/debug", "debugfs", "debugfs"]]
 
 
 @pytest.mark.parametrize("table", ["self/mountinfo", "mounts", "1/mountinfo"])

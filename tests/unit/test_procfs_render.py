@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from rinuxfs.drivers.base import cpu
 from rinuxfs.errors import KernelError
-from rinuxfs.fs import procfs, sysfs
+from rinuxfs.fs import procfs
 from rinuxfs.kernel import Kernel, KernelConfig
+from rinuxfs.lib.bitmap import cpu_list, cpu_mask
+from rinuxfs.lib.kstrtox import parse_bool
 from rinuxfs.mm.vmstat import VMSTAT_ITEMS, vmstat
 from rinuxfs.sched import FIXED_1, Clock, LoadAverage
 
@@ -89,7 +92,7 @@ def test_stat_sums_every_possible_cpu_and_lists_the_online_ones(kernel: Kernel) 
     assert [k for k in rows if k.startswith("cpu")] == ["cpu", "cpu0", "cpu1", "cpu2", "cpu3"]
     assert all(len(v) == 10 and min(v) >= 0 for k, v in rows.items() if k.startswith("cpu"))
 
-    sysfs._store_online(kernel, 3)("0\n")
+    cpu._store_online(kernel, 3)("0\n")
     frozen = _stat_rows(procfs.render_stat(kernel))
     cpu3 = kernel.cpu_accounting.per_cpu(kernel.cpus.online)[3]
     time.sleep(0.05)
@@ -102,7 +105,7 @@ def test_stat_sums_every_possible_cpu_and_lists_the_online_ones(kernel: Kernel) 
     for before, after in zip(rows["cpu"], later["cpu"], strict=True):
         assert after >= before
 
-    sysfs._store_online(kernel, 3)("1\n")
+    cpu._store_online(kernel, 3)("1\n")
     time.sleep(0.03)
     back = _stat_rows(procfs.render_stat(kernel))
     assert back["cpu3"][3] > cpu3["idle"]
@@ -156,23 +159,23 @@ def test_hostname_store(kernel: Kernel) -> None:
 
 
 def test_cpu_list_and_mask_formats() -> None:
-    assert sysfs.cpu_list({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
-    assert sysfs.cpu_list([3]) == "3"
-    assert sysfs.cpu_mask(range(4), 4) == "f"
-    assert sysfs.cpu_mask({0}, 8) == "01"
-    assert sysfs.cpu_mask(range(40), 40) == "ff,ffffffff"
+    assert cpu_list({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
+    assert cpu_list([3]) == "3"
+    assert cpu_mask(range(4), 4) == "f"
+    assert cpu_mask({0}, 8) == "01"
+    assert cpu_mask(range(40), 40) == "ff,ffffffff"
 
 
 @pytest.mark.parametrize("text", ["banana", "", "2", "10", "-1", "1 "])
 def test_kstrtobool_rejects(text: str) -> None:
     with pytest.raises(KernelError) as e:
-        sysfs.parse_bool(text)
+        parse_bool(text)
     assert e.value.errno == errno.EINVAL
 
 
 @pytest.mark.parametrize(("text", "value"), [("1\n", True), ("0", False), ("Y\n", True), ("off", False), ("on", True)])
 def test_kstrtobool_accepts(text: str, value: bool) -> None:
-    assert sysfs.parse_bool(text) is value
+    assert parse_bool(text) is value
 
 
 def test_cpuinfo_lists_online_cpus_only(kernel: Kernel) -> None:

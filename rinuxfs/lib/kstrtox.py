@@ -1,0 +1,100 @@
+"""lib/kstrtox.c: the numbers and booleans written to sysfs, procfs and debugfs attributes.
+
+Linux's rules, which differ from Python's int(): an optional '+' (and '-' for the signed
+forms), digits in the base (base 0 reads a "0x" prefix as hex and a leading "0" as octal), then
+at most one newline and nothing else; no spaces, no underscores. A malformed text is EINVAL, a
+number that does not fit the type is ERANGE: callers that want EINVAL for both (queue_var_store)
+catch and convert.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from rinuxfs.errors import KernelError
+
+U32_MAX = (1 << 32) - 1
+U64_MAX = (1 << 64) - 1
+S32_MAX = (1 << 31) - 1
+S64_MAX = (1 << 63) - 1
+
+_DIGITS = "0123456789abcdef"
+
+
+def _radix(body: str, base: int) -> tuple[str, int]:
+    """_parse_integer_fixup_radix: the digits left and the base they are in."""
+    low = body[:2].lower()
+    if base in (0, 16) and low == "0x" and len(body) > 2 and body[2].lower() in _DIGITS:
+        return body[2:], 16
+    if base == 0:
+        return body, 8 if body.startswith("0") else 10
+    return body, base
+
+
+def kstrtoull(text: str, base: int = 0) -> int:
+    """An unsigned 64-bit number (kstrtoull)."""
+    body = text[1:] if text.startswith("+") else text
+    body = body[:-1] if body.endswith("\n") else body
+    digits, radix = _radix(body, base)
+    if not digits or any(_DIGITS.find(c.lower()) not in range(radix) for c in digits):
+        raise KernelError(errno.EINVAL, f"not a number: {text!r}")
+    value = int(digits, radix)
+    if value > U64_MAX:
+        raise KernelError(errno.ERANGE, f"{text!r} does not fit in 64 bits")
+    return value
+
+
+def kstrtoll(text: str, base: int = 0) -> int:
+    """A signed 64-bit number (kstrtoll)."""
+    if text.startswith("-"):
+        magnitude = kstrtoull(text[1:], base) if not text[1:].startswith("+") else _invalid(text)
+        if magnitude > S64_MAX + 1:
+            raise KernelError(errno.ERANGE, f"{text!r} does not fit in 64 bits")
+        return -magnitude
+    value = kstrtoull(text, base)
+    if value > S64_MAX:
+        raise KernelError(errno.ERANGE, f"{text!r} does not fit in 64 bits")
+    return value
+
+
+def kstrtouint(text: str, base: int = 0) -> int:
+    """An unsigned 32-bit number (kstrtouint, kstrtou32)."""
+    value = kstrtoull(text, base)
+    if value > U32_MAX:
+        raise KernelError(errno.ERANGE, f"{text!r} does not fit in 32 bits")
+    return value
+
+
+def kstrtoint(text: str, base: int = 0) -> int:
+    """A signed 32-bit number (kstrtoint, kstrtos32)."""
+    value = kstrtoll(text, base)
+    if not -S32_MAX - 1 <= value <= S32_MAX:
+        raise KernelError(errno.ERANGE, f"{text!r} does not fit in 32 bits")
+    return value
+
+
+def _invalid(text: str) -> int:
+    raise KernelError(errno.EINVAL, f"not a number: {text!r}")
+
+
+def parse_uint(text: str, limit: int = U32_MAX) -> int:
+    """kstrtouint with base 0, and ERANGE past `limit` too."""
+    value = kstrtoull(text, 0)
+    if value > limit:
+        raise KernelError(errno.ERANGE, f"{value} is out of range (at most {limit})")
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    """A boolean: 1/0, y/n, yes/no, on/off, true/false (any case), one trailing newline allowed.
+
+    Stricter than kstrtobool, which decides on the first characters alone ("10" is true there):
+    a value that is not one of these words is EINVAL, so a typo is not taken for a yes.
+    """
+    value = text[:-1] if text.endswith("\n") else text
+    low = value.lower()
+    if low in ("1", "y", "yes", "on", "true"):
+        return True
+    if low in ("0", "n", "no", "off", "false"):
+        return False
+    raise KernelError(errno.EINVAL, f"not a boolean: {value!r}")
