@@ -212,8 +212,13 @@ class Kernel:
         if self.config.image is None:
             return
         self.image = DiskImage(self.config.image, self.config.read_only)
-        mode = "read-only" if self.config.read_only else "read-write"
+        self.config.read_only = self.image.read_only
+        mode = "read-only" if self.image.read_only else "read-write"
         self.log.info(f"rinuxfs: disk image {self.image.path} ({self.image.size} bytes, {mode})")
+        if self.image.write_protected:  # as Linux does for write-protected media: carry on read-only
+            self.log.warn(f"rinuxfs: disk image is write-protected ({self.image.write_protected}), using it read-only")
+        if not self.image.locked:
+            self.log.warn("rinuxfs: the image's filesystem has no OFD locks: another writer is not kept out")
         if self.config.controller == "nvme":
             disk = self._probe_nvme()
         elif self.config.controller == "ahci":
@@ -221,12 +226,7 @@ class Kernel:
         else:
             raise KernelError(errno.EINVAL, f"unknown controller {self.config.controller!r}: nvme or ahci")
         self.block.add_disk(disk)
-        if disk.transport != "sata":  # sd prints its own "sd 0:0:0:0: [sda] …" line at probe
-            # The capacity line, as sd_print_capacity words it: a count of logical blocks, whatever their size.
-            lbs = disk.queue.limits.logical_block_size
-            blocks = disk.nr_sects * 512 // lbs
-            self.log.info(f"{disk.name}: {blocks} {lbs}-byte logical blocks: ({string_get_size(blocks, lbs, 1000)}/"
-                          f"{string_get_size(blocks, lbs, 1024)})" if blocks else f"{disk.name}: empty medium")
+        disk.queue.log = self.log  # blk_print_req_error's lines
         self._scan_partitions(disk)
 
     def _probe_nvme(self) -> Gendisk:
