@@ -122,8 +122,9 @@ def _check_mountpoint(mountpoint: Path) -> Path:
     except FileNotFoundError:
         raise UsageError(f"mount point {mountpoint} does not exist") from None
     except OSError as e:
-        if e.errno != errno.ENOTCONN:
+        if e.errno not in (errno.ENOTCONN, errno.ECONNABORTED):
             raise UsageError(f"mount point {mountpoint}: {e.strerror}") from None
+    if _is_dead_fuse_mount(path):
         _remove_dead_mount(path, mountpoint)
     if not path.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")
@@ -290,10 +291,14 @@ def _fusermount_u(target: Path, shown: Path) -> None:
 
 
 def _is_dead_fuse_mount(path: Path) -> bool:
+    """A FUSE mount whose daemon is gone. statfs always asks the daemon; a stat may be answered from cache."""
     try:
         os.stat(path)
-    except OSError as e:
-        return e.errno == errno.ENOTCONN
+        if not os.path.ismount(path):
+            return False
+        os.statvfs(path)
+    except OSError as e:  # ECONNABORTED: a request the host had in flight when the daemon died
+        return e.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
 
 

@@ -35,7 +35,7 @@ from rinuxfs.hw.nvme import NvmeController
 from rinuxfs.hw.ram import PAGE_SIZE
 from rinuxfs.mm.bdev_mapping import BlockDeviceMapping
 from rinuxfs.mm.core import MemoryManager
-from rinuxfs.printk import KernelLog, LogRecord
+from rinuxfs.printk import KERN_NOTICE, KernelLog, LogRecord
 from rinuxfs.sched import Clock, CpuAccounting, LoadAverage, TaskTable
 from rinuxfs.units import format_size
 
@@ -216,7 +216,8 @@ class Kernel:
         mode = "read-only" if self.image.read_only else "read-write"
         self.log.info(f"rinuxfs: disk image {self.image.path} ({self.image.size} bytes, {mode})")
         if self.image.write_protected:  # as Linux does for write-protected media: carry on read-only
-            self.log.warn(f"rinuxfs: disk image is write-protected ({self.image.write_protected}), using it read-only")
+            self.log.printk(KERN_NOTICE, f"rinuxfs: disk image is write-protected ({self.image.write_protected}), "
+                                         "using it read-only")
         if not self.image.locked:
             self.log.warn("rinuxfs: the image's filesystem has no OFD locks: another writer is not kept out")
         if self.config.controller == "nvme":
