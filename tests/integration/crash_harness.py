@@ -36,7 +36,7 @@ MIB = 1 << 20
 PART_START = MIB  # sfdisk's first partition: sector 2048
 PART_SIZE = 24 * MIB
 IMAGE_SIZE = 32 * MIB
-SCRIPT = "label: gpt\nunit: sectors\nfirst-lba: 2048\n1 : start=2048, size=24MiB, type=linux, name=\"crash\"\n"
+SCRIPT = (Path(__file__).resolve().parents[2] / "disks" / "crash.sfdisk").read_text()  # p1: 24 MiB at 1 MiB
 DEAD = (errno.ENOTCONN, errno.ECONNABORTED)
 RINUXFS = [sys.executable, "-m", "rinuxfs"]
 
@@ -109,11 +109,13 @@ def _daemon_pid(mountpoint: Path) -> int:
 
 def _write_stream(dev: Path, model: Model, rng: random.Random, r: Round) -> None:
     """Write until the mount dies under us; the model learns only what a returned call guarantees."""
-    fd = os.open(dev, os.O_WRONLY)
-    dfd = os.open(dev, os.O_WRONLY | os.O_DIRECT | os.O_SYNC)
+    fds: list[int] = []
     buf = mmap.mmap(-1, 256 * 1024)  # O_DIRECT wants an aligned buffer
     op = "open"
     try:
+        fds.append(os.open(dev, os.O_WRONLY))
+        fds.append(os.open(dev, os.O_WRONLY | os.O_DIRECT | os.O_SYNC))
+        fd, dfd = fds
         deadline = time.monotonic() + r.delay + 30
         while time.monotonic() < deadline:
             kind = rng.choices(("write", "fsync", "direct"), (14, 3, 2))[0]
@@ -141,7 +143,7 @@ def _write_stream(dev: Path, model: Model, rng: random.Random, r: Round) -> None
         r.killed_in = op
     finally:
         buf.close()
-        for f in (fd, dfd):
+        for f in fds:
             with contextlib.suppress(OSError):
                 os.close(f)
 

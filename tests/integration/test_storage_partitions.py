@@ -33,6 +33,7 @@ from tests.integration.storage_helpers import (
     fdisk_table,
     image_slice,
     kmsg,
+    layout,
     lsblk,
     mounted,
     put_swap,
@@ -187,13 +188,7 @@ def test_truncated_gpt_image_is_a_bare_usable_disk(gpt_image: Path, tmp_path: Pa
         assert f"the backup header at LBA {sectors - 1} is invalid too" in kmsg(m)
 
 
-MBR_PAST_END = """label: dos
-label-id: 0x12345678
-unit: sectors
-1 : start=2048, size=16MiB, type=83
-2 : start=40960, size=16MiB, type=83
-4 : start=100000, size=8MiB, type=83
-"""
+MBR_PAST_END = layout("tests-mbr-past-end")
 
 
 def test_truncated_mbr_partitions_past_the_end(tmp_path: Path) -> None:
@@ -223,9 +218,7 @@ def test_one_tebibyte_sparse_disk_with_100_partitions_costs_only_its_table(ctrl:
 
     (scripts/bench times this mount.)
     """
-    script = "label: gpt\nlabel-id: 01234567-89AB-CDEF-0123-456789ABCDEF\ntable-length: 128\n" + \
-             "".join(f'{n} : size=8GiB, type=linux, name="part{n}"\n' for n in range(1, 101))
-    image = sfdisk_image(tmp_path / "big.img", script, 1 << 40)
+    image = sfdisk_image(tmp_path / "big.img", layout("tera-100"), 1 << 40)
     assert os.stat(image).st_blocks * 512 < 4 * MIB  # still sparse
     with mounted(image, tmp_path / "mnt", "--controller", ctrl.name) as m:
         reads, _, sectors = diskstats(m)[ctrl.disk][:3]
