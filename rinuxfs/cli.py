@@ -1,19 +1,26 @@
 """rinuxfs mount | umount | mkdisk | inspect.
 
 Errors are one line on stderr and a non-zero exit, never a traceback.
-`mount` returns once the mount is live, like mount(8): it boots the kernel,
-forks the daemon, and waits for the daemon to say the mount is up (or why
-not). The daemon's pid is kept in a runtime directory so that `umount` can
-wait until everything is flushed to the image.
+`mount` returns once the mount is live, like mount(8): it boots the kernel
+(which locks the image), forks the daemon (which inherits the lock), and waits
+for the daemon to say the mount is up (or why not). The daemon's pid is kept in
+the runtime directory (`runtime.py`) so that `umount` can wait until everything
+is flushed to the image.
+
+A mount whose daemon died (SIGKILL, a crash) is left behind by the host as a dead
+FUSE mount: every access fails with ENOTCONN. `umount` removes it and says the
+daemon had died; `mount` on such a mount point removes it first, with a message,
+when it was a rinuxfs mount (another filesystem's dead mount is reported, not
+touched).
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +28,14 @@ from pathlib import Path
 
 from rinuxfs.errors import KernelError
 from rinuxfs.printk import LogRecord
+from rinuxfs.runtime import (
+    daemon_of,
+    log_file,
+    pid_file,
+    process_running,
+    sweep,
+    write_pid_file,
+)
 from rinuxfs.units import format_size, parse_size
 
 log = logging.getLogger("rinuxfs")
@@ -30,20 +45,6 @@ _PRINTK_TO_LOGGING = [logging.CRITICAL] * 3 + [logging.ERROR, logging.WARNING, l
 
 class UsageError(Exception):
     """A problem with what the user asked for: printed as one line, exit status 1."""
-
-
-def runtime_dir() -> Path:
-    if os.geteuid() == 0:
-        base = Path("/run/rinuxfs")
-    else:
-        base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/rinuxfs-{os.getuid()}") / "rinuxfs"
-    base.mkdir(parents=True, exist_ok=True)
-    return base
-
-
-def pid_file(mountpoint: Path) -> Path:
-    key = hashlib.sha1(str(mountpoint).encode()).hexdigest()[:16]
-    return runtime_dir() / f"{key}.pid"
 
 
 def _size_arg(text: str) -> int:
@@ -125,13 +126,47 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_mountpoint(mountpoint: Path) -> Path:
-    if not mountpoint.exists():
-        raise UsageError(f"mount point {mountpoint} does not exist")
-    if not mountpoint.is_dir():
+    path = Path(os.path.realpath(mountpoint))  # realpath, not resolve(): a dead mount fails stat with ENOTCONN
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"mount point {mountpoint} does not exist") from None
+    except OSError as e:
+        if e.errno not in (errno.ENOTCONN, errno.ECONNABORTED):
+            raise UsageError(f"mount point {mountpoint}: {e.strerror}") from None
+    if _is_dead_fuse_mount(path):
+        _remove_dead_mount(path, mountpoint)
+    if not path.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
+    if os.path.ismount(path):
         raise UsageError(f"mount point {mountpoint} is busy: something is already mounted there")
-    return mountpoint.resolve()
+    return path
+
+
+def _remove_dead_mount(path: Path, shown: Path) -> None:
+    """A mount whose daemon died: unmount it if it was rinuxfs's, else say how."""
+    fstype = mounted_fstype(path)
+    if fstype != "fuse.rinuxfs":
+        raise UsageError(f"mount point {shown} holds a dead {fstype or 'FUSE'} mount whose daemon is gone: "
+                         f"unmount it first (fusermount3 -u {path})")
+    record = daemon_of(path)
+    _fusermount_u(path, shown)
+    pid_file(path).unlink(missing_ok=True)
+    who = f" (pid {record.pid})" if record else ""
+    print(f"rinuxfs mount: {shown}: the rinuxfs daemon{who} mounted there had died: removed its dead mount",
+          file=sys.stderr)
+
+
+def mounted_fstype(path: Path) -> str | None:
+    """The type of the filesystem mounted last at `path`, from /proc/self/mountinfo (None: nothing is)."""
+    fstype = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040 is a space
+            if point == str(path):
+                fstype = fields[fields.index("-") + 1]
+    return fstype
 
 
 def _echo_to_logging(record: LogRecord) -> None:
@@ -161,31 +196,39 @@ def _warn_if_larger_than_host(mem: int) -> None:
 def cmd_mount(args: argparse.Namespace) -> int:
     from rinuxfs.kernel import Kernel, KernelConfig
 
-    mountpoint = _check_mountpoint(args.mountpoint)
+    mountpoint = _check_mountpoint(args.mountpoint)  # before the sweep: a dead mount's pid file names its daemon
+    sweep()
     if not os.path.exists("/dev/fuse"):
         raise UsageError("/dev/fuse is missing: install fuse3 (scripts/setup does) and load the fuse module")
-    config = KernelConfig(image=args.image.resolve(), controller=args.controller, mem=args.mem, cpus=args.cpus,
+    image = args.image.resolve()
+    config = KernelConfig(image=image, controller=args.controller, mem=args.mem, cpus=args.cpus,
                           tmpfs_size=args.tmpfs_size, read_only=args.ro, force_gpt=args.force_gpt,
                           lba_size=args.lba_size, numa=args.numa, mem_prealloc=args.mem_prealloc)
     logging.basicConfig(level=args.log_level.upper(), format="rinuxfs: %(message)s")
-    kernel = Kernel(config, _echo_to_logging)  # boot errors reach the user from here
+    kernel = Kernel(config, _echo_to_logging)  # boot errors, a locked image among them, reach the user from here
+    if kernel.image is not None and kernel.image.write_protected:
+        print(f"rinuxfs mount: WARNING: {args.image} is write-protected ({kernel.image.write_protected}), "
+              "mounted read-only", file=sys.stderr)
     _warn_if_larger_than_host(args.mem)
     if args.foreground:
         return _serve(kernel, mountpoint, lambda: None)
-    return _fork_daemon(kernel, mountpoint, args.log_level)
+    return _fork_daemon(kernel, mountpoint, image)
 
 
 def _serve(kernel: object, mountpoint: Path, on_ready: object) -> int:
-    from rinuxfs.daemon import serve
+    from rinuxfs.daemon import DaemonError, serve
 
     try:
         serve(kernel, mountpoint, on_ready)  # type: ignore[arg-type]
     except RuntimeError as e:  # pyfuse3.init: the mount(2) itself failed
         raise UsageError(f"cannot mount on {mountpoint}: {e}") from None
+    except DaemonError as e:
+        raise UsageError(str(e)) from None
     return 0
 
 
-def _fork_daemon(kernel: object, mountpoint: Path, log_level: str) -> int:
+def _fork_daemon(kernel: object, mountpoint: Path, image: Path) -> int:
+    logfile = log_file(mountpoint)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:
@@ -195,34 +238,33 @@ def _fork_daemon(kernel: object, mountpoint: Path, log_level: str) -> int:
         if answer == "ready":
             return 0
         os.waitpid(pid, 0)
+        if logfile.exists() and logfile.stat().st_size:
+            answer += f" (the daemon's log: {logfile})"
         raise UsageError(answer or "the daemon exited before the mount was ready")
-    # The daemon: a session of its own, stdio away from the terminal, its pid on record.
+    # The daemon: a session of its own, its pid on record, stdio away from the terminal. It holds the
+    # image lock its parent took: an OFD lock belongs to the open file description, which fork shares.
     os.close(read_end)
     os.setsid()
-    logfile = runtime_dir() / (pid_file(mountpoint).stem + ".log")
+    pidfile = write_pid_file(mountpoint, image)
     devnull = os.open(os.devnull, os.O_RDWR)
     logfd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(devnull, 0)
     os.dup2(logfd, 1)
     os.dup2(logfd, 2)
-    pidfile = pid_file(mountpoint)
     status = 0
     try:
         def ready() -> None:
-            pidfile.write_text(f"{os.getpid()}\n")
             os.write(write_end, b"ready\n")
             os.close(write_end)
 
         _serve(kernel, mountpoint, ready)
     except UsageError as e:
-        os.write(write_end, str(e).encode())
+        log.error("%s", e)  # the log says why, and is kept
+        _tell_parent(write_end, str(e))
         status = 1
     except BaseException as e:  # noqa: BLE001 - report, never leave the parent waiting
         log.exception("daemon failed")
-        try:
-            os.write(write_end, f"daemon failed: {e!r}".encode())
-        except OSError:
-            pass
+        _tell_parent(write_end, f"daemon failed: {e!r}")
         status = 1
     finally:
         pidfile.unlink(missing_ok=True)
@@ -231,41 +273,63 @@ def _fork_daemon(kernel: object, mountpoint: Path, log_level: str) -> int:
     os._exit(status)
 
 
+def _tell_parent(pipe: int, text: str) -> None:
+    """Answer a parent still waiting for "ready"; once it has that answer the pipe is closed: nothing to do."""
+    try:
+        os.write(pipe, text.encode())
+    except OSError:
+        pass
+
+
 # --- umount ------------------------------------------------------------------------------
 
 
 def cmd_umount(mountpoint: Path) -> int:
-    target = mountpoint.resolve() if mountpoint.exists() else mountpoint.absolute()
-    pidfile = pid_file(target)
-    daemon = int(pidfile.read_text()) if pidfile.exists() else None
-    if not os.path.ismount(target) and not _is_dead_fuse_mount(target):
+    target = Path(os.path.realpath(mountpoint))
+    record = daemon_of(target)
+    dead = _is_dead_fuse_mount(target)
+    if not dead and not os.path.ismount(target):
+        sweep()
         raise UsageError(f"{mountpoint}: not mounted")
+    _fusermount_u(target, mountpoint)
+    if dead:
+        who = f" (pid {record.pid})" if record else ""
+        print(f"rinuxfs umount: {mountpoint}: the daemon{who} had died: removed its dead mount", file=sys.stderr)
+        pid_file(target).unlink(missing_ok=True)
+    elif record is not None:
+        _wait_for_exit(record.pid, timeout=60.0)
+        logfile = log_file(target)
+        if logfile.exists() and logfile.stat().st_size:  # the daemon keeps its log only when it failed
+            raise UsageError(f"{mountpoint}: unmounted, but the daemon failed: {_last_line(logfile)} "
+                             f"(its log: {logfile})")
+    sweep()
+    return 0
+
+
+def _last_line(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines()
+    return lines[-1].removeprefix("rinuxfs: ") if lines else ""
+
+
+def _fusermount_u(target: Path, shown: Path) -> None:
     result = subprocess.run(["fusermount3", "-u", str(target)], capture_output=True, text=True)
     if result.returncode != 0:
         why = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount3 -u failed"
         if "busy" in why.lower():
-            raise UsageError(f"{mountpoint}: target is busy (a process still uses it)")
+            raise UsageError(f"{shown}: target is busy (a process still uses it)")
         raise UsageError(why)
-    if daemon is not None:
-        _wait_for_exit(daemon, timeout=60.0)
-    return 0
 
 
 def _is_dead_fuse_mount(path: Path) -> bool:
+    """A FUSE mount whose daemon is gone. statfs always asks the daemon; a stat may be answered from cache."""
     try:
         os.stat(path)
-    except OSError as e:
-        return e.errno == errno.ENOTCONN
+        if not os.path.ismount(path):
+            return False
+        os.statvfs(path)
+    except OSError as e:  # ECONNABORTED: a request the host had in flight when the daemon died
+        return e.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
-
-
-def process_running(pid: int) -> bool:
-    """True while `pid` runs; a zombie awaiting its reaper (the daemon's parent has gone) has finished."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _wait_for_exit(pid: int, timeout: float) -> None:

@@ -3,8 +3,9 @@
 Life cycle: `serve()` mounts (pyfuse3.init), reports readiness, runs the trio
 loop with pyfuse3's request workers and a signal watcher in one nursery, and
 on the way out always flushes the kernel to the image, unmounts if the mount
-is still ours, and releases the kernel. SIGTERM and SIGINT end it cleanly;
-so does `fusermount3 -u` (the request loop then returns by itself).
+is still ours, and releases the kernel. SIGTERM, SIGINT and SIGHUP end it
+cleanly; so does `fusermount3 -u` (the request loop then returns by itself).
+If that last writeback fails, `serve` raises DaemonError once all is released.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from rinuxfs.errors import KernelError
 from rinuxfs.fuse import RinuxOperations
 from rinuxfs.kernel import Kernel
 
@@ -68,6 +70,10 @@ def tune_readahead(mountpoint: Path) -> str:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+class DaemonError(Exception):
+    """The daemon served, but could not finish cleanly (data written through the mount did not reach the image)."""
+
+
 def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> None:
     # A signal can come as soon as the mount is announced, before trio listens: keep it for later.
     early: list[int] = []
@@ -111,12 +117,18 @@ def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> Non
                 ended_by_host = not stopped_by_signal  # fusermount3 -u: the mount is already gone
                 nursery.cancel_scope.cancel()
 
+    lost = ""
     try:
         trio.run(run)
     finally:
         try:
             kernel.sync()
+        except KernelError as e:  # a disk that fails its last writeback (an image cut under us): finish, then say so
+            lost = f"writeback at unmount failed: {e.args[0] if e.args else e}"
+            kernel.log.err(f"rinuxfs: {lost}")
         finally:
             pyfuse3.close(unmount=not ended_by_host)
             kernel.log.info("rinuxfs: unmounted")
             kernel.close()
+    if lost:
+        raise DaemonError(lost)

@@ -44,7 +44,6 @@ from rinuxfs.hw.nvme import NvmeController
 from rinuxfs.hw.ram import MAX_RAM, PAGE_SIZE
 from rinuxfs.ksysfs import register_kernel_attrs
 from rinuxfs.lib.serial import drive_serial
-from rinuxfs.lib.string_helpers import string_get_size
 from rinuxfs.mm.bdev_mapping import BlockDeviceMapping
 from rinuxfs.mm.core import MAX_NUMNODES, MemoryManager
 from rinuxfs.mm.memblock import (
@@ -55,7 +54,7 @@ from rinuxfs.mm.memblock import (
     KERNEL_RWDATA_KB,
 )
 from rinuxfs.mm.mm_sysfs import register_mm_sysfs
-from rinuxfs.printk import KernelLog, LogRecord
+from rinuxfs.printk import KERN_NOTICE, KernelLog, LogRecord
 from rinuxfs.sched import Clock, CpuAccounting, LoadAverage, TaskTable
 from rinuxfs.units import format_size
 
@@ -157,7 +156,7 @@ class Kernel:
                 f" and {format_size(MAX_MEM)}",
             )
         if not 1 <= c.numa <= MAX_NUMNODES:
-            raise KernelError(errno.EINVAL, f"--numa {c.numa}: nodes must number between 1 and {MAX_NUMNODES}")
+            raise KernelError(errno.EINVAL, f"--numa must be between 1 and {MAX_NUMNODES}, not {c.numa}")
         try:
             mm = MemoryManager(mem, c.cpus, c.numa, prealloc=c.mem_prealloc, current_cpu=self.current_cpu)
         except ValueError as e:
@@ -233,20 +232,21 @@ class Kernel:
         if self.config.image is None:
             return
         self.image = DiskImage(self.config.image, self.config.read_only)
-        mode = "read-only" if self.config.read_only else "read-write"
+        self.config.read_only = self.image.read_only
+        mode = "read-only" if self.image.read_only else "read-write"
         self.log.info(f"rinuxfs: disk image {self.image.path} ({self.image.size} bytes, {mode})")
+        if self.image.write_protected:  # as Linux does for write-protected media: carry on read-only
+            self.log.printk(KERN_NOTICE, f"rinuxfs: disk image is write-protected ({self.image.write_protected}), "
+                                         "using it read-only")
+        if not self.image.locked:
+            self.log.warn("rinuxfs: the image's filesystem has no OFD locks: another writer is not kept out")
         if self.config.controller == "nvme":
             disk = self._probe_nvme()
         elif self.config.controller == "ahci":
             disk = self._probe_ahci()
         else:
             raise KernelError(errno.EINVAL, f"unknown controller {self.config.controller!r}: nvme or ahci")
-        if disk.transport != "sata":  # sd prints its own "sd 0:0:0:0: [sda] …" line at probe
-            # The capacity line, as sd_print_capacity words it: a count of logical blocks, whatever their size.
-            lbs = disk.queue.limits.logical_block_size
-            blocks = disk.nr_sects * 512 // lbs
-            self.log.info(f"{disk.name}: {blocks} {lbs}-byte logical blocks: ({string_get_size(blocks, lbs, 1000)}/"
-                          f"{string_get_size(blocks, lbs, 1024)})" if blocks else f"{disk.name}: empty medium")
+        disk.queue.log = self.log  # blk_print_req_error's lines
         self._scan_partitions(disk)
 
     def _probe_nvme(self) -> Gendisk:

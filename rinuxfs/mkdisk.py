@@ -9,7 +9,9 @@ partition over the rest. The EFI System and Linux filesystem partitions are
 left unformatted (zeros). The image appears complete or not at all: it is
 written under a temporary name and renamed into place.
 
-inspect reads an image with the kernel's partition scan
+mkdisk --force refuses to replace an image that a mount holds (its lock).
+inspect takes the shared image lock, as a `--ro` mount does, and reads the
+image with the kernel's partition scan
 (`rinuxfs.block.partitions`) and prints it like `sfdisk -l`, or like
 `sfdisk --json` with --json, so the two can be compared. Where the kernel and
 sfdisk disagree (a corrupt primary GPT, partitions past the end of the disk)
@@ -47,6 +49,7 @@ from rinuxfs.block.partitions.types import (
 from rinuxfs.cli import UsageError
 from rinuxfs.errors import KernelError
 from rinuxfs.hw.image import DiskImage
+from rinuxfs.hw.image_lock import image_in_use
 from rinuxfs.mm.swap_header import build_swap_header
 from rinuxfs.printk import KERN_WARNING
 
@@ -111,6 +114,9 @@ def _write_image(path: Path, size: int, writes: Sequence[tuple[int, bytes]], for
             raise KernelError(errno.EEXIST, f"{path}: already exists; use --force to overwrite it")
         if not path.is_file():
             raise KernelError(errno.EINVAL, f"{path}: not a regular file; refusing to overwrite it")
+        holder = image_in_use(path)
+        if holder:  # a mounted image would go on being used (and written) under its old inode
+            raise KernelError(errno.EBUSY, f"{path}: the image is in use by {holder}; refusing to replace it")
     directory = path.parent
     if not directory.is_dir():
         raise KernelError(errno.ENOENT, f"{directory}: no such directory")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 RINUXFS = [sys.executable, "-m", "rinuxfs"]
+DISKS = Path(__file__).resolve().parents[1] / "disks"  # the layouts of the disks built here (disks/README.md)
 
 
 def fio(directory: Path, name: str, *args: str) -> dict:
@@ -97,7 +98,7 @@ def small_write_latency(d: Path, file_size: int, count: int = 2000) -> float:
 
 # --- the storage stack -------------------------------------------------------------------------
 
-PART_MIB = 256
+PART_MIB = 256  # disks/bench-storage.sfdisk's p1
 
 
 def drop_host_caches() -> None:
@@ -116,8 +117,8 @@ def make_storage_image(path: Path) -> int:
     """A GPT disk of 1 GiB whose first partition (1 MiB in, PART_MIB long) holds random bytes."""
     with open(path, "wb") as f:
         f.truncate(1 << 30)
-    subprocess.run(["sfdisk", "-q", str(path)], input=f"label: gpt\nstart=2048, size={PART_MIB * 2048}\n",
-                   text=True, check=True)
+    subprocess.run(["sfdisk", "-q", str(path)], input=(DISKS / "bench-storage.sfdisk").read_text(), text=True,
+                   check=True)
     with open(path, "r+b") as f:
         f.seek(1 << 20)
         for _ in range(PART_MIB):
@@ -171,8 +172,7 @@ def mount_time_bench(base: Path, mnt: Path) -> bool:
     image = base / "tera.img"
     with open(image, "wb") as f:
         f.truncate(1 << 40)
-    script = "label: gpt\n" + "".join(f"size={10 * 1024 * 2048}\n" for _ in range(100))
-    subprocess.run(["sfdisk", "-q", str(image)], input=script, text=True, check=True)
+    subprocess.run(["sfdisk", "-q", str(image)], input=(DISKS / "tera-100.sfdisk").read_text(), text=True, check=True)
     times = []
     try:
         for _ in range(3):

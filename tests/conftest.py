@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,26 @@ import pytest
 RINUXFS = [sys.executable, "-m", "rinuxfs"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The daemons' pid and log files go to a directory of this session's (inherited by every subprocess).
+
+    At the end it must hold no pid file: a daemon still running is one a test leaked; it is
+    killed and its mount removed, and the session reports it.
+    """
+    path = tmp_path_factory.mktemp("run")
+    os.environ["RINUXFS_RUNTIME_DIR"] = str(path)
+    yield path
+    from rinuxfs.runtime import live_daemons
+
+    leaked = live_daemons()
+    for record in leaked:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.pid, signal.SIGKILL)
+        subprocess.run(["fusermount3", "-uz", record.mountpoint], check=False, capture_output=True)
+    assert not leaked, f"daemons still running at the end of the session: {leaked}"
+
+
 def rinuxfs(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*RINUXFS, *args], capture_output=True, text=True, check=check, timeout=timeout)
 
@@ -31,14 +52,14 @@ def is_mounted(path: Path) -> bool:
 
 
 def daemon_pid(mountpoint: Path) -> int | None:
-    from rinuxfs.cli import pid_file
+    from rinuxfs.runtime import daemon_of
 
-    p = pid_file(mountpoint.resolve())
-    return int(p.read_text()) if p.exists() else None
+    record = daemon_of(Path(os.path.realpath(mountpoint)))
+    return record.pid if record else None
 
 
 def pid_alive(pid: int) -> bool:
-    from rinuxfs.cli import process_running
+    from rinuxfs.runtime import process_running
 
     return process_running(pid)
 
@@ -53,7 +74,12 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-unt
 
 
 class Mounted:
-    """A live rinuxfs mount: its path, the image under it, and the daemon's pid."""
+    """A live rinuxfs mount: its path, the image under it, and the daemon's pid.
+
+    Also a context manager that unmounts on the way out. `unmount()` always leaves nothing
+    behind: `rinuxfs umount`, then a lazy unmount if that failed, then SIGKILL for a daemon
+    that will not exit; it says so (AssertionError) only after everything is cleaned up.
+    """
 
     def __init__(self, path: Path, image: Path, pid: int | None) -> None:
         self.path = path
@@ -63,20 +89,40 @@ class Mounted:
     def __truediv__(self, other: str) -> Path:
         return self.path / other
 
+    def __enter__(self) -> Mounted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unmount()
+
     def unmount(self) -> None:
+        problems = []
         if is_mounted(self.path):
             result = rinuxfs("umount", str(self.path), check=False)
             if result.returncode != 0 and is_mounted(self.path):
-                subprocess.run(["fusermount3", "-uz", str(self.path)], check=False)
-        if self.pid is not None:
-            assert wait_until(lambda: not pid_alive(self.pid), 30), f"daemon {self.pid} still running"
+                problems.append(f"rinuxfs umount failed: {result.stderr.strip()}")
+                subprocess.run(["fusermount3", "-uz", str(self.path)], check=False, capture_output=True)
+        if self.pid is not None and not wait_until(lambda: not pid_alive(self.pid), 30):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            wait_until(lambda: not pid_alive(self.pid), 10)
+            problems.append(f"daemon {self.pid} did not exit after unmount: killed")
+        if is_mounted(self.path):  # the SIGKILL left a dead mount
+            subprocess.run(["fusermount3", "-uz", str(self.path)], check=False, capture_output=True)
+        assert not problems, "; ".join(problems)
 
 
 def mount(image: Path, mountpoint: Path, *extra: str) -> Mounted:
+    """`rinuxfs mount`; on failure whatever came up is cleaned away before CalledProcessError is raised."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    rinuxfs("mount", str(image), str(mountpoint), *extra)
-    assert is_mounted(mountpoint.resolve())
-    return Mounted(mountpoint.resolve(), image, daemon_pid(mountpoint))
+    result = rinuxfs("mount", str(image), str(mountpoint), *extra, check=False)
+    m = Mounted(mountpoint.resolve(), image, daemon_pid(mountpoint))
+    if result.returncode != 0 or not is_mounted(m.path):
+        with contextlib.suppress(AssertionError):
+            m.unmount()
+        raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout,
+                                            result.stderr or "mount returned 0 but nothing is mounted")
+    return m
 
 
 def make_image(path: Path, size: int = 64 << 20) -> Path:
@@ -86,14 +132,9 @@ def make_image(path: Path, size: int = 64 << 20) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def mounted(base: Path, *extra: str) -> Iterator[Mounted]:
-    """A fresh mount of a blank image under `base`, unmounted on the way out whatever happens."""
-    m = mount(make_image(base / "disk.img"), base / "mnt", *extra)
-    try:
-        yield m
-    finally:
-        m.unmount()
+def mounted(base: Path, *extra: str) -> Mounted:
+    """A fresh mount of a blank image under `base`; use it in a `with`, which unmounts whatever happens."""
+    return mount(make_image(base / "disk.img"), base / "mnt", *extra)
 
 
 def module_mount(*extra: str) -> Any:
@@ -133,11 +174,8 @@ def blank_image(tmp_path: Path) -> Path:
 @pytest.fixture
 def mnt(tmp_path: Path, blank_image: Path) -> Iterator[Mounted]:
     """A fresh rinuxfs mount of a blank 64 MiB image with default options."""
-    m = mount(blank_image, tmp_path / "mnt")
-    try:
+    with mount(blank_image, tmp_path / "mnt") as m:
         yield m
-    finally:
-        m.unmount()
 
 
 @pytest.fixture(scope="module")

@@ -99,6 +99,17 @@ class Gendisk:
         self.whole = BlockDevice(self, 0, self.name, (self.major, self.first_minor), 0, self.nr_sects)
         self.queue.disk = self
 
+    def set_capacity_and_notify(self, nr_sects: int) -> str | None:
+        """A new size for the whole disk (a rescan found one); the log line set_capacity_and_notify prints, or None.
+
+        Partitions keep their extents, as in Linux: only a new partition scan changes them.
+        """
+        if nr_sects == self.nr_sects:
+            return None
+        line = f"{self.name}: detected capacity change from {self.nr_sects} to {nr_sects}"
+        self.nr_sects = self.whole.nr_sects = nr_sects
+        return line
+
     def partition_name(self, partno: int) -> str:
         sep = "p" if self.name[-1].isdigit() else ""
         return f"{self.name}{sep}{partno}"

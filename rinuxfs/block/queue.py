@@ -18,6 +18,8 @@ Contract:
   accounting and `nomerges` 2 stops merging, as in Linux; the others are kept
   for what reads them (`rq_timeout` is the request timeout the driver's
   timeout handling uses, in jiffies of HZ ticks per second).
+- A failed request is reported in the kernel log (`log`, set once the disk is
+  registered) with blk_print_req_error's line, named after its errno.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp, Request
 from rinuxfs.errors import KernelError
+from rinuxfs.printk import KernelLog
 
 if TYPE_CHECKING:
     from rinuxfs.block.genhd import BlockDevice, Gendisk
@@ -41,6 +44,15 @@ HZ = 100  # the simulated kernel's tick rate (sched.USER_HZ): what rq_timeout co
 DEFAULT_RQ_TIMEOUT = 30 * HZ  # NVME_IO_TIMEOUT and SD_TIMEOUT: 30 s
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
+
+# blk_errors[] (block/blk-core.c): the name of a status, by the errno it maps to
+_ERROR_NAMES = {
+    errno.EOPNOTSUPP: "operation not supported", errno.ETIMEDOUT: "timeout",
+    errno.ENOSPC: "critical space allocation", errno.ENOLINK: "recoverable transport",
+    errno.EREMOTEIO: "critical target", errno.ENODATA: "critical medium", errno.EILSEQ: "protection",
+    errno.ENOMEM: "kernel resource", errno.EIO: "I/O", errno.EBUSY: "device resource", errno.ENODEV: "device offline",
+}
+REQ_FUA = 0x20000  # the one request flag modelled; the others (SYNC, RAHEAD, …) print as 0
 
 
 class BlockDriver(Protocol):
@@ -87,6 +99,7 @@ class RequestQueue:
         self.limits = limits
         self.scheduler = scheduler
         self.disk: Gendisk | None = None
+        self.log: KernelLog | None = None
         # nr_requests is the block layer's, not the driver's: the tag set's depth, or the elevator's tags.
         limits.nr_requests = self._default_nr_requests(scheduler)
         # queue flags and tunables (struct request_queue), as a blk-mq queue starts with them
@@ -237,11 +250,22 @@ class RequestQueue:
         start = time.monotonic_ns()
         try:
             self.driver.execute(req)
+        except KernelError as e:
+            self._print_req_error(req, e.errno)
+            raise
         finally:
             elapsed = time.monotonic_ns() - start
             sectors = req.nr_sectors if req.op != ReqOp.FLUSH else 0
             for target in targets:
                 target.stats.done(group, sectors, elapsed)
+
+    def _print_req_error(self, req: Request, err: int) -> None:
+        """blk_print_req_error: one KERN_ERR line per failed request (not for EROFS: the write never left the host)."""
+        if self.log is None or self.disk is None or err == errno.EROFS:
+            return
+        name = _ERROR_NAMES.get(err, "I/O")
+        self.log.err(f"{name} error, dev {self.disk.name}, sector {req.sector} op {req.op.value:#x}:({req.op.name}) "
+                     f"flags {REQ_FUA if req.fua else 0:#x} phys_seg {len(req.segments)} prio class 2")
 
     def _stat_targets(self, req: Request) -> list[BlockDevice]:
         if self.disk is None or not self.iostats:  # blk_do_io_stat: nothing is counted

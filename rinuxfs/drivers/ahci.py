@@ -24,6 +24,8 @@ Contract
   the PCI function (driver ahci), ata1 with its transport class objects, scsi host0,
   target0:0:0 and the SCSI device 0:0:0:0 (driver sd) that lsblk reads for TRAN=sata and HCTL,
   then the disk below it (…/0:0:0:0/block/sda). `unregister_devices(registry)` takes them out.
+- `rescan_device()` is what `device/rescan` does (scsi_rescan_device → sd_revalidate_disk):
+  IDENTIFY again, and a new size becomes the disk's capacity, with sd's capacity line.
 
 One caller at a time: the driver and the model are not thread-safe, which the synchronous block
 layer guarantees. All DMA memory is one block of frames owned by the driver for the kernel's life.
@@ -437,17 +439,34 @@ class AhciDriver:
         self._scsi_scan_messages(disk, ident)
         return disk
 
+    def rescan_device(self) -> None:
+        """sd_rescan: IDENTIFY again (libata answers READ CAPACITY from it); a new size is the disk's capacity."""
+        ident = self._identify()
+        disk = self.disk
+        if disk is None:
+            return
+        nr_sects = ident.sectors * ident.logical_block_size >> SECTOR_SHIFT
+        if nr_sects != disk.nr_sects:  # sd_print_capacity speaks only when the capacity changed
+            self._log_capacity(disk, ident)
+            line = disk.set_capacity_and_notify(nr_sects)
+            if line:
+                self.log.info(line)
+
     def _scsi_scan_messages(self, disk: Gendisk, ident: DiskIdentity) -> None:
         sd = f"sd {self.hctl}: [{disk.name}]"
         self.log.info(f"scsi {self.hctl}: Direct-Access     {self.scsi_vendor} {self.scsi_model} {self.scsi_rev} "
                       f"PQ: 0 ANSI: 5")
+        self._log_capacity(disk, ident)
         lbs = ident.logical_block_size
-        self.log.info(f"{sd} {ident.sectors} {lbs}-byte logical blocks: "
-                      f"({string_get_size(ident.sectors, lbs, 1000)}/{string_get_size(ident.sectors, lbs, 1024)})")
         if ident.physical_block_size != lbs:
             self.log.info(f"{sd} {ident.physical_block_size}-byte physical blocks")
         self.log.info(f"{sd} Write Protect is {'on' if self.read_only else 'off'}")
         self._log_cache(ident)
+
+    def _log_capacity(self, disk: Gendisk, ident: DiskIdentity) -> None:
+        lbs = ident.logical_block_size
+        self.log.info(f"sd {self.hctl}: [{disk.name}] {ident.sectors} {lbs}-byte logical blocks: "
+                      f"({string_get_size(ident.sectors, lbs, 1000)}/{string_get_size(ident.sectors, lbs, 1024)})")
 
     def _log_cache(self, ident: DiskIdentity) -> None:
         assert self.disk is not None

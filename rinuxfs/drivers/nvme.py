@@ -19,6 +19,10 @@ Contract:
   the PCI function (bound to driver nvme), the controller nvme<N> (class nvme,
   char device 240:N, with model, serial, firmware_rev, …) and, below it, the
   disk with nsid and wwid. `unregister_devices(registry)` takes them out.
+- A failed I/O command is logged as nvme_log_error does (verbose names, as a
+  kernel with CONFIG_NVME_VERBOSE_ERRORS).
+- `scan_namespaces()` is what `rescan_controller` queues (nvme_scan_work):
+  Identify Namespace again, and a new size becomes the disk's capacity.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from rinuxfs.hw.nvme import (
     DOORBELL_BASE,
     NSID_BROADCAST,
     STATUS_DNR,
+    STATUS_MORE,
     AdminOpcode,
     IoOpcode,
     NvmeController,
@@ -101,6 +106,28 @@ class _Queue:
         return DOORBELL_BASE + (2 * self.qid + 1) * 4
 
 
+# drivers/nvme/host/constants.c: the names nvme_log_error prints
+_OPCODE_NAMES: dict[int, str] = {IoOpcode.FLUSH: "Flush", IoOpcode.WRITE: "Write", IoOpcode.READ: "Read",
+                 IoOpcode.WRITE_ZEROES: "Write Zeroes", IoOpcode.DATASET_MANAGEMENT: "Data Set Management"}
+_STATUS_NAMES: dict[int, str] = {
+    Status.INVALID_OPCODE: "Invalid Command Opcode", Status.INVALID_FIELD: "Invalid Field in Command",
+    Status.DATA_TRANSFER_ERROR: "Data Transfer Error", Status.INTERNAL_ERROR: "Internal Error",
+    Status.INVALID_NAMESPACE: "Invalid Namespace or Format", Status.INVALID_PRP_OFFSET: "Invalid PRP Offset",
+    Status.NAMESPACE_WRITE_PROTECTED: "Namespace is Write Protected", Status.LBA_OUT_OF_RANGE: "LBA Out of Range",
+    Status.WRITE_FAULT: "Write Fault", Status.UNRECOVERED_READ_ERROR: "Unrecovered Read Error",
+}
+
+
+def nvme_log_error(disk: str, opcode: int, slba: int, nlb: int, status: int) -> str:
+    """The line nvme_log_error prints for a failed I/O command (it ends in a space: MORE and DNR are "%s%s")."""
+    sc = status & 0x7FF
+    name = _STATUS_NAMES.get(sc, "Unknown")
+    more = "MORE " if status & STATUS_MORE else ""
+    dnr = "DNR " if status & STATUS_DNR else ""
+    return (f"{disk}: {_OPCODE_NAMES.get(opcode, 'Unknown')}({opcode:#x}) @ LBA {slba}, {nlb} blocks, {name} "
+            f"(sct {sc >> 8:#x} / sc {sc & 0xFF:#x}) {more}{dnr}")
+
+
 class NvmeError(KernelError):
     def __init__(self, what: str, status: int) -> None:
         sc = status & 0x7FF
@@ -133,6 +160,7 @@ class NvmeDriver:
         self.vwc = False
         self.oncs = 0
         self.next_cpu = 0
+        self.disk: Gendisk | None = None
 
     # --- the device's interrupt line, as the model calls it ---------------------------------
 
@@ -286,7 +314,16 @@ class NvmeDriver:
                        RequestQueue(self, limits, scheduler), model=str(self.id_ctrl["model"]),
                        serial=str(self.id_ctrl["serial"]), firmware=str(self.id_ctrl["firmware"]),
                        transport="nvme", read_only=self.read_only)
+        self.disk = disk
         return disk
+
+    def scan_namespaces(self) -> None:
+        """nvme_scan_work → nvme_validate_ns: Identify Namespace 1 again; a new size is the disk's capacity."""
+        self._identify_namespace(1)
+        if self.disk is not None:
+            line = self.disk.set_capacity_and_notify(self.nsze * self.lba_size >> SECTOR_SHIFT)
+            if line:
+                self.log.info(line)
 
     # --- I/O --------------------------------------------------------------------------------
 
@@ -298,7 +335,8 @@ class NvmeDriver:
         nlb = (req.nr_sectors << SECTOR_SHIFT) >> lbs_shift
         op = req.op
         if op == ReqOp.FLUSH:
-            status, _ = self._submit(q, IoOpcode.FLUSH, NSID_BROADCAST, 0, 0, (0, 0, 0, 0, 0, 0))
+            opcode = IoOpcode.FLUSH
+            status, _ = self._submit(q, opcode, NSID_BROADCAST, 0, 0, (0, 0, 0, 0, 0, 0))
         elif op in (ReqOp.READ, ReqOp.WRITE):
             prp1, prp2 = self._map_prps(q, req.segments)
             fua = 1 << 30 if req.fua else 0
@@ -306,15 +344,17 @@ class NvmeDriver:
             status, _ = self._submit(q, opcode, 1, prp1, prp2, (slba & 0xFFFFFFFF, slba >> 32, (nlb - 1) | fua,
                                                                 0, 0, 0))
         elif op == ReqOp.WRITE_ZEROES:
-            status, _ = self._submit(q, IoOpcode.WRITE_ZEROES, 1, 0, 0,
-                                     (slba & 0xFFFFFFFF, slba >> 32, nlb - 1, 0, 0, 0))
+            opcode = IoOpcode.WRITE_ZEROES
+            status, _ = self._submit(q, opcode, 1, 0, 0, (slba & 0xFFFFFFFF, slba >> 32, nlb - 1, 0, 0, 0))
         elif op == ReqOp.DISCARD:
+            opcode = IoOpcode.DATASET_MANAGEMENT
             page = q.prp_list
             self.mm.ram.view[page : page + 16] = struct.pack("<IIQ", 0, nlb, slba)
-            status, _ = self._submit(q, IoOpcode.DATASET_MANAGEMENT, 1, page, 0, (0, 1 << 2, 0, 0, 0, 0))
+            status, _ = self._submit(q, opcode, 1, page, 0, (0, 1 << 2, 0, 0, 0, 0))
         else:
             raise KernelError(errno.EOPNOTSUPP, f"{self.name}: operation {op.name} not supported")
         if status:
+            self.log.err(nvme_log_error(self.disk.name if self.disk else self.name, opcode, slba, nlb, status))
             raise NvmeError(f"{op.name} of {nlb} blocks at LBA {slba}", status)
 
     def _map_prps(self, q: _Queue, segments: list[tuple[int, int]]) -> tuple[int, int]:

@@ -9,15 +9,20 @@ the driver and the controller model, as block/fops.c does:
 - O_DIRECT I/O must be aligned to the logical block size (EINVAL otherwise)
   and bypasses the page cache;
 - fsync writes back and flushes the device cache; the last close writes back.
+- A device error reaches a buffered reader and fsync as EIO, whatever the
+  device said (filemap_read and filemap_write_and_wait report -EIO); O_DIRECT
+  gets the block layer's own errno (ENODATA for a medium error), as in Linux.
 The host sees these files with direct_io, so every read reaches the
 simulated page cache (the one /proc/meminfo counts as Buffers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 
 from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp
 from rinuxfs.block.genhd import BlockDevice
@@ -104,7 +109,8 @@ class BlockDeviceFile(OpenFile):
         readahead = 0
         if offset == self.next_offset:
             readahead = node.bdev.disk.queue.limits.read_ahead_kb * 1024
-        data = node.mapping.read(offset, size, readahead)
+        with _buffered_io_errors():
+            data = node.mapping.read(offset, size, readahead)
         self.next_offset = offset + len(data)
         return data
 
@@ -151,8 +157,20 @@ class BlockDeviceFile(OpenFile):
             node.mm.free_pages(pfns)
 
     def fsync(self, datasync: bool) -> None:
-        self.inode.mapping.flush()
+        with _buffered_io_errors():
+            self.inode.mapping.flush()
 
     def release(self) -> None:
         if self.inode.opens <= 1:
             self.inode.mapping.writeback()
+
+
+@contextlib.contextmanager
+def _buffered_io_errors() -> Iterator[None]:
+    """A failed request seen through the page cache is EIO; running short of memory stays ENOMEM."""
+    try:
+        yield
+    except KernelError as e:
+        if e.errno in (errno.EIO, errno.ENOMEM):
+            raise
+        raise KernelError(errno.EIO, e.args[0] if e.args else "I/O error") from None

@@ -751,6 +751,10 @@ class AhciHba:
     # -----------------------------------------------------------------------------------------
     # ATA command handlers (named in ATA_COMMANDS)
     def _identify(self, cmd: _Command) -> _Outcome:
+        sectors = self.medium.refresh_size() // SECTOR  # an image file grown or cut since shows from here on
+        if sectors != self.sectors:
+            self.sectors = sectors
+            self._identify_pages.clear()
         page = self._identify_pages.get(self._write_cache)
         if page is None:
             page = ata.identify_device(sectors=self.sectors, write_cache=self._write_cache, **self.identity)

@@ -3,6 +3,18 @@
 Opened once at boot; reads and writes go to the byte offset of an LBA.
 Open errors become a KernelError naming the file, so the command line can
 print one clear line.
+
+- The image is locked as QEMU locks it (`image_lock`): exclusively for a
+  read-write open, shared for a read-only one; a conflict is one line naming
+  the holder's pid. Nothing is read before the lock is held.
+- An image that cannot be opened for writing (no write permission, an
+  immutable file, a read-only filesystem) is opened read-only instead, as
+  Linux mounts write-protected media read-only: `write_protected` says why.
+- `size` is the file's size when it was opened or last `refresh_size()`d: the
+  controller's capacity. If the file shrinks under us, a read of what is gone
+  fails (the controller reports a media error) and so does a write there,
+  rather than growing the file back; if it grows, nothing changes until a
+  rescan of the controller calls `refresh_size()`.
 """
 
 from __future__ import annotations
@@ -14,12 +26,16 @@ import stat
 from pathlib import Path
 
 from rinuxfs.errors import KernelError
+from rinuxfs.hw.image_lock import lock_image
+
+_WRITE_PROTECTED = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ETXTBSY)
 
 
 class DiskImage:
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        self.write_protected = ""  # why a read-write open became read-only
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -28,14 +44,41 @@ class DiskImage:
             raise KernelError(e.errno or errno.EIO, f"{self.path}: {e.strerror}") from None
         if stat.S_ISDIR(st.st_mode):
             raise KernelError(errno.EISDIR, f"{self.path}: is a directory, not a disk image")
+        self.regular = stat.S_ISREG(st.st_mode)
+        self.fd = self._open()
         try:
-            self.fd = os.open(self.path, os.O_RDONLY if read_only else os.O_RDWR)
+            self.locked = lock_image(self.fd, self.path, write=not self.read_only)
+        except BaseException:
+            os.close(self.fd)
+            self.fd = -1
+            raise
+        self.size = os.fstat(self.fd).st_size if self.regular else _device_size(self.fd)
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDONLY if self.read_only else os.O_RDWR)
+        except OSError as e:
+            if self.read_only or e.errno not in _WRITE_PROTECTED:
+                how = "readable" if self.read_only else "readable and writable (or use --ro)"
+                if e.errno == errno.EACCES:
+                    raise KernelError(errno.EACCES, f"{self.path}: permission denied: the image must be {how}") \
+                        from None
+                raise KernelError(e.errno or errno.EIO, f"{self.path}: {e.strerror}") from None
+            reason = e.strerror or "not writable"
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
         except PermissionError:
-            how = "readable" if read_only else "readable and writable (or use --ro)"
-            raise KernelError(errno.EACCES, f"{self.path}: permission denied: the image must be {how}") from None
+            raise KernelError(errno.EACCES, f"{self.path}: permission denied: the image must be readable") from None
         except OSError as e:
             raise KernelError(e.errno or errno.EIO, f"{self.path}: {e.strerror}") from None
-        self.size = os.fstat(self.fd).st_size if stat.S_ISREG(st.st_mode) else _device_size(self.fd)
+        self.read_only = True
+        self.write_protected = reason.lower()
+        return fd
+
+    def refresh_size(self) -> int:
+        """Read the medium's size again (a rescan): the file may have grown or shrunk since it was opened."""
+        self.size = os.fstat(self.fd).st_size if self.regular else _device_size(self.fd)
+        return self.size
 
     def pread(self, offset: int, size: int) -> bytes:
         return os.pread(self.fd, size, offset)
@@ -44,7 +87,11 @@ class DiskImage:
         """Fill `buffers` (DMA targets in RAM) from `offset` with one preadv; zeros past the end of the file."""
         want = sum(map(len, buffers))
         got = os.preadv(self.fd, buffers, offset)
-        if got < want:  # an image whose size is not a multiple of the block size: the tail reads as zeros
+        if got < want:
+            if offset + got < self.size:  # the file ended early: it was truncated under us
+                raise KernelError(errno.EIO, f"{self.path}: the image file ends at {offset + got}, inside the "
+                                             f"disk's {self.size} bytes: it shrank")
+            # past `size`: an image whose size is not a multiple of the block size; the tail reads as zeros
             skip = got
             for b in buffers:
                 if skip >= len(b):
@@ -57,6 +104,8 @@ class DiskImage:
         """Write `buffers` (DMA sources in RAM) at `offset` with one pwritev."""
         self._check_writable()
         want = sum(map(len, buffers))
+        if self.regular and offset + want > os.fstat(self.fd).st_size:  # truncated under us: never regrow it
+            raise KernelError(errno.EIO, f"{self.path}: write past the end of the image file at {offset}")
         done = os.pwritev(self.fd, buffers, offset)
         if done != want:
             raise KernelError(errno.EIO, f"short write to the image at {offset}: {done} of {want} bytes")

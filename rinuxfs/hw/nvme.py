@@ -836,7 +836,19 @@ class NvmeController:
     def _identify_namespace(self, cmd: Command) -> bytes:
         if cmd.nsid != NSID:
             raise _CommandFailed(Status.INVALID_NAMESPACE)
+        self._refresh_capacity()
         return self._id_ns
+
+    def _refresh_capacity(self) -> None:
+        """The namespace is the whole medium: an image file grown or cut since shows from the next Identify.
+
+        As QEMU's nvme_ns_resize after a block_resize: NSZE changes, and until the host
+        identifies the namespace again it goes on using the size it knows.
+        """
+        nsze = self._medium.refresh_size() // self._lba_size
+        if nsze != self._nsze:
+            self._nsze = nsze
+            self._id_ns = self._build_identify_namespace()
 
     def _identify_active_nsids(self, cmd: Command) -> bytes:
         if cmd.nsid >= NSID_BROADCAST - 1:

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,28 +30,21 @@ SECTOR = 512
 ENV = {**os.environ, "LC_ALL": "C"}
 CONTROLLERS = ["nvme", "ahci"]
 
+DISKS = Path(__file__).resolve().parents[2] / "disks"  # the layouts of every disk the tests build
+
+
+def layout(name: str) -> str:
+    """An sfdisk script from disks/ (disks/README.md says which test builds which disk)."""
+    return (DISKS / f"{name}.sfdisk").read_text()
+
+
 # Partitions 1, 2 and 4: a gap at 3, GPT names, and a swap partition (storage.md §3.2).
-GPT_SCRIPT = """label: gpt
-label-id: 01234567-89AB-CDEF-0123-456789ABCDEF
-unit: sectors
-first-lba: 2048
-1 : start=2048, size=16MiB, type=uefi, uuid=11111111-0000-4000-8000-000000000001, name="EFI System"
-2 : size=16MiB, type=swap, uuid=11111111-0000-4000-8000-000000000002, name="swap"
-4 : type=linux, uuid=11111111-0000-4000-8000-000000000004, name="root"
-"""
+GPT_SCRIPT = layout("tests-gpt")
 GPT_PARTS = {1: (2048, 32768), 2: (34816, 32768), 4: (67584, 61440)}  # number: (start, sectors)
 SWAP_UUID = "11111111-2222-3333-4444-555555555555"
 
 # An extended partition with two logicals (storage.md §3.3).
-MBR_SCRIPT = """label: dos
-label-id: 0xdeadbeef
-unit: sectors
-1 : start=2048, size=16MiB, type=83, bootable
-2 : size=8MiB, type=82
-3 : type=5
-5 : size=12MiB, type=83
-6 : type=82
-"""
+MBR_SCRIPT = layout("tests-mbr")
 
 
 @dataclass(frozen=True)
@@ -267,10 +261,20 @@ class MountCache:
 
 @contextlib.contextmanager
 def per_controller_mounts(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Mounted]]:
-    """One mount of `image` per controller, made on first use and all unmounted on the way out."""
+    """One mount per controller, each of its own copy of `image`, made on first use and unmounted on the way out.
+
+    Two machines never share one writable disk: the image lock refuses a second read-write mount.
+    """
     cache = MountCache(lambda key: tmp_path_factory.mktemp(f"mnt-{key}"))
+
+    def get(controller: str) -> Mounted:
+        copy = image.with_name(f"{image.stem}-{controller}{image.suffix}")
+        if not copy.exists():
+            shutil.copyfile(image, copy)
+        return cache.get(controller, copy, "--controller", controller)
+
     try:
-        yield lambda controller: cache.get(controller, image, "--controller", controller)
+        yield get
     finally:
         cache.close()
 

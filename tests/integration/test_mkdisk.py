@@ -26,26 +26,14 @@ from rinuxfs.block.partitions.types import GPT_TYPES, MBR_TYPES
 from rinuxfs.cli import UsageError
 from rinuxfs.mkdisk import plan_layout, probe_image
 from rinuxfs.mm.swap_header import build_swap_header, check_swap_area, parse_swap_header
-from tests.integration.storage_helpers import MBR_SCRIPT
+from tests.integration.storage_helpers import MBR_SCRIPT, layout
 
 MIB = 1 << 20
 RINUXFS = [sys.executable, "-m", "rinuxfs"]
 ENV = {**os.environ, "LC_ALL": "C"}
 
-GPT_SCRIPT = """label: gpt
-label-id: 01234567-89AB-CDEF-0123-456789ABCDEF
-unit: sectors
-first-lba: 2048
-1 : start=2048, size=16MiB, type=uefi, uuid=11111111-0000-4000-8000-000000000001, name="EFI System Partition"
-2 : size=16MiB, type=swap, uuid=11111111-0000-4000-8000-000000000002, name="swap"
-4 : size=8MiB, type=lvm, uuid=11111111-0000-4000-8000-000000000004, name="lvm pv", attrs="RequiredPartition GUID:60"
-7 : type=linux, uuid=11111111-0000-4000-8000-000000000007, name="root"
-"""
-
-OUT_OF_ORDER_SCRIPT = """label: dos
-1 : start=40960, size=8MiB, type=83
-2 : start=2048, size=8MiB, type=82
-"""
+GPT_SCRIPT = layout("tests-mkdisk-gpt")
+OUT_OF_ORDER_SCRIPT = layout("tests-order")
 
 
 def run(*cmd: str, cwd: Path | None = None, stdin: str | None = None, check: bool = True,
@@ -197,15 +185,27 @@ def test_mkswap_at_an_offset_reads_back_and_equals_our_header(tmp_path: Path, si
 # --- mkdisk read by the tools --------------------------------------------------------------------------
 
 
+def layout_by_sfdisk(tmp_path: Path, size: int, label: str) -> list[tuple[int, int, int]]:
+    """(number, start, sectors) that sfdisk gives the README's layout on a blank disk of `size` bytes.
+
+    The rules (README, `mkdisk`): an ESP of 100 MiB (1/8 of disks under 800 MiB), swap 1/8 of
+    the disk (at most 1 GiB), a Linux partition over the rest; sfdisk does the alignment.
+    """
+    esp = 100 if size >= 800 * MIB else size // 8 // MIB
+    swap = min(size // 8 // MIB, 1024)
+    script = f"label: {label}\n1 : size={esp}MiB, type=uefi\n2 : size={swap}MiB, type=swap\n3 : type=linux\n"
+    ref = sfdisk_image(tmp_path / f"ref-{label}.img", script, size)
+    return [(number_of(p["node"], ref.name), p["start"], p["size"]) for p in sfdisk_json(ref, tmp_path)["partitions"]]
+
+
 @pytest.mark.parametrize("label", ["gpt", "dos"])
-def test_mkdisk_image_reads_back_in_sfdisk_partx_and_blkid(images: Path, label: str) -> None:
+def test_mkdisk_image_reads_back_in_sfdisk_partx_and_blkid(images: Path, tmp_path: Path, label: str) -> None:
     name = f"mk-{label}.img"
     image = images / name
-    layout = plan_layout(256 * MIB, label)
+    layout = layout_by_sfdisk(tmp_path, 256 * MIB, label)
     sf = sfdisk_json(image, images)
     assert sf["label"] == label
-    assert [(number_of(p["node"], name), p["start"], p["size"]) for p in sf["partitions"]] == \
-           [(p.number, p.start, p.size) for p in layout]
+    assert [(number_of(p["node"], name), p["start"], p["size"]) for p in sf["partitions"]] == layout
     types = {"gpt": ["C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
                      "0FC63DAF-8483-4772-8E79-3D69D8477DE4"], "dos": ["ef", "82", "83"]}[label]
     assert [p["type"] for p in sf["partitions"]] == types
@@ -219,14 +219,25 @@ def test_mkdisk_image_reads_back_in_sfdisk_partx_and_blkid(images: Path, label: 
     assert "No errors detected." in verify.stdout
     if label == "gpt":
         assert "No problems found." in run("sgdisk", "-v", str(image)).stdout
-    assert [(int(r["NR"]), int(r["START"]), int(r["SECTORS"])) for r in partx(image)] == \
-           [(p.number, p.start, p.size) for p in layout]
-    swap = layout[1]
-    blkid = run("blkid", "-p", "-o", "export", "--offset", str(swap.start * 512), "--size", str(swap.size * 512),
+    assert [(int(r["NR"]), int(r["START"]), int(r["SECTORS"])) for r in partx(image)] == layout
+    _, swap_start, swap_size = layout[1]
+    blkid = run("blkid", "-p", "-o", "export", "--offset", str(swap_start * 512), "--size", str(swap_size * 512),
                 str(image)).stdout
     assert "TYPE=swap" in blkid.splitlines() and "LABEL=swap" in blkid.splitlines()
     assert f'PTTYPE="{label}"' in run("blkid", "-p", str(image)).stdout
     assert os.stat(image).st_blocks * 512 < 4 * MIB  # sparse
+
+
+def test_the_demo_disk_is_what_disks_demo_sfdisk_describes(tmp_path: Path) -> None:
+    """`rinuxfs mkdisk` with its defaults (scripts/demo's disk) against sfdisk given disks/demo.sfdisk."""
+    assert rinuxfs("mkdisk", "demo.img", cwd=tmp_path).returncode == 0
+    ref = sfdisk_image(tmp_path / "ref.img", layout("demo"), 1 << 30)
+
+    def rows(image: Path) -> list[tuple[int, int, int, str, str]]:
+        return [(number_of(p["node"], image.name), p["start"], p["size"], p["type"], p["name"])
+                for p in sfdisk_json(image, tmp_path)["partitions"]]
+
+    assert rows(tmp_path / "demo.img") == rows(ref)
 
 
 @pytest.mark.parametrize("label", ["gpt", "dos"])

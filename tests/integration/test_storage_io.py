@@ -14,6 +14,7 @@ import errno
 import mmap
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tests.integration.storage_helpers import (
     expected_lsblk,
     hash_outside,
     image_slice,
+    layout,
     lsblk,
     mounted,
     per_controller_mounts,
@@ -37,23 +39,10 @@ from tests.integration.storage_helpers import (
     sha,
 )
 
-SCRIPT = """label: gpt
-label-id: 01234567-89AB-CDEF-0123-456789ABCDEF
-unit: sectors
-first-lba: 2048
-1 : start=2048, size=8MiB, type=linux, name="one"
-2 : size=8MiB, type=linux, name="two"
-4 : type=linux, name="four"
-"""
+SCRIPT = layout("tests-io")
 PARTS = {1: (2048, 16384), 2: (18432, 16384), 4: (34816, 28672)}  # number: (start, sectors), as sfdisk lays them
 
-# Partitions that are not page-aligned, and one whose size is not a page multiple (old DOS style).
-ODD_SCRIPT = """label: dos
-label-id: 0x0dd0dd00
-unit: sectors
-1 : start=63, size=8001, type=83
-2 : start=8100, size=4000, type=83
-"""
+ODD_SCRIPT = layout("tests-io-odd")  # not page-aligned, and a size that is not a page multiple
 ODD_PARTS = {1: (63, 8001), 2: (8100, 4000)}
 
 
@@ -288,6 +277,26 @@ def test_fsync_puts_the_data_in_the_image_before_unmount(ctrl: Controller, scrat
             assert image_slice(scratch, base + 4 * MIB, 4096) == buf[:]
         finally:
             os.close(fd)
+
+
+def test_a_device_file_keeps_its_size_o_trunc_is_ignored_and_truncate_is_einval(
+        ctrl: Controller, scratch: Path, tmp_path: Path) -> None:
+    """README: truncate(2) of a dev file is EINVAL, O_TRUNC is ignored, so `echo x > dev/sdX1` writes 2 bytes."""
+    base, size = devices(ctrl, PARTS)[ctrl.part(4)]
+    before = image_slice(scratch, base, size)
+    with mounted(scratch, tmp_path / "mnt", "--controller", ctrl.name) as m:
+        dev = m / f"dev/{ctrl.part(4)}"
+        for length in (0, size // 2, size, size + 1):
+            assert errno_of(lambda n=length: os.truncate(dev, n)) == errno.EINVAL, length
+        fd = os.open(dev, os.O_WRONLY | os.O_TRUNC)
+        try:
+            assert os.fstat(fd).st_size == size
+            assert errno_of(lambda: os.ftruncate(fd, 0)) == errno.EINVAL
+        finally:
+            os.close(fd)
+        subprocess.run(["sh", "-c", f"echo x > {dev}"], check=True)  # the shell's O_CREAT|O_TRUNC open
+        assert os.stat(dev).st_size == size
+    assert image_slice(scratch, base, size) == b"x\n" + before[2:]
 
 
 def test_pages_of_unaligned_partitions(ctrl: Controller, odd_image: Path, tmp_path: Path) -> None:

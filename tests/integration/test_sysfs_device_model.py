@@ -51,7 +51,14 @@ def mounts(image: Path) -> Iterator[Callable[[str], Mounted]]:
     base.chmod(0o755)  # mkdtemp makes it 0700: other users could not even reach the mount
     cache = MountCache(lambda key: base / key)
     try:
-        yield lambda controller: cache.get(controller, image, "--controller", controller)
+        def get(controller: str) -> Mounted:
+            # Its own copy for each controller: the image lock refuses a second read-write mount.
+            copy = image.with_name(f"{image.stem}-{controller}{image.suffix}")
+            if not copy.exists():
+                shutil.copyfile(image, copy)
+            return cache.get(controller, copy, "--controller", controller)
+
+        yield get
     finally:
         cache.close()
         shutil.rmtree(base, ignore_errors=True)

@@ -1,9 +1,11 @@
 """Sizes and limits of the rootfs tmpfs: size=, ENOSPC, EFBIG, sparse files, and pages in the simulated RAM.
 
-Linux tmpfs is the specification. With writeback cache the host kernel
-accepts a buffered write(2) into its page cache before the daemon sees it, so
-ENOSPC reaches the writer at fsync (or close), not at write(2); O_DIRECT
-writes reach the daemon at once and fail at write(2), as on Linux.
+Linux tmpfs is the specification. The FUSE writeback cache is off, so every
+write(2), buffered or O_DIRECT, reaches the daemon before it returns: ENOSPC
+comes from write(2) itself, as on Linux, with no fsync or close needed.
+Only what the daemon decides is tested here; limits the host kernel enforces
+before a request reaches FUSE (RLIMIT_FSIZE, offsets past off_t) prove nothing
+about rinuxfs.
 """
 
 from __future__ import annotations
@@ -11,9 +13,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import resource
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -56,21 +55,16 @@ def write_synced(path: Path, nbytes: int) -> None:
 
 
 def fill(path: Path, chunk: int = MIB, limit: int = 64 * MIB) -> tuple[int, int]:
-    """Write and fsync chunk by chunk until an error: (bytes the daemon accepted, errno)."""
+    """write(2) chunk by chunk, never fsync, until an error: (bytes write(2) accepted, its errno)."""
     fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
     accepted = 0
     try:
         while accepted < limit:
-            os.write(fd, b"\xa5" * chunk)
-            os.fsync(fd)
-            accepted += chunk
+            accepted += os.write(fd, b"\xa5" * chunk)  # a short count at the limit, then ENOSPC
     except OSError as e:
         return accepted, e.errno or -1
     finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass  # close reports the same failed writeback again
+        os.close(fd)
     raise AssertionError(f"{limit} bytes written without an error")
 
 
@@ -156,50 +150,19 @@ def test_size_is_rounded_up_to_pages_and_zero_means_unlimited(tmp_path: Path) ->
 # --- maximum file size -------------------------------------------------------------------
 
 
-def test_file_size_limit_is_max_lfs_filesize(d: Path) -> None:
+def test_file_size_limit_is_max_lfs_filesize(mnt: Mounted, d: Path) -> None:
     f = d / "max"
     fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+    shmem = meminfo(mnt)["Shmem"]
     try:
         os.ftruncate(fd, MAX_LFS_FILESIZE)  # tmpfs's s_maxbytes: allowed, and allocates nothing
-        assert os.fstat(fd).st_size == MAX_LFS_FILESIZE
-        assert os.pwrite(fd, b"!", MAX_LFS_FILESIZE - 1) == 1  # the very last byte
-        with pytest.raises(OSError) as e:
-            os.pwrite(fd, b"!!", MAX_LFS_FILESIZE - 1)  # would end past the limit
-        assert e.value.errno == errno.EINVAL
-        with pytest.raises(OverflowError):
-            os.truncate(f, 1 << 63)  # not even an off_t: Python refuses before the syscall
-        with pytest.raises(OSError) as e:
-            os.ftruncate(fd, -1)
-        assert e.value.errno == errno.EINVAL
+        assert os.fstat(fd).st_size == MAX_LFS_FILESIZE and os.fstat(fd).st_blocks == 0
+        assert os.pwrite(fd, b"!", MAX_LFS_FILESIZE - 1) == 1  # the very last byte: one page of the daemon's
+        assert os.pread(fd, 2, MAX_LFS_FILESIZE - 2) == b"\0!"
+        assert meminfo(mnt)["Shmem"] == shmem + PAGE // 1024
     finally:
         os.close(fd)
     assert os.stat(f).st_blocks == 8
-
-
-def test_efbig_past_the_file_size_rlimit(d: Path) -> None:
-    f = d / "limited"
-    f.write_bytes(b"")
-    pid = os.fork()
-    if pid == 0:  # RLIMIT_FSIZE is per process: set it in a child only
-        code = 99
-        try:
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-            resource.setrlimit(resource.RLIMIT_FSIZE, (MIB, MIB))
-            fd = os.open(f, os.O_WRONLY)
-            results = []
-            for op in (lambda: os.ftruncate(fd, 2 * MIB), lambda: os.pwrite(fd, b"x", MIB)):
-                try:
-                    op()
-                    results.append(0)
-                except OSError as e:
-                    results.append(e.errno)
-            short = os.pwrite(fd, b"y" * 10, MIB - 4)  # stops at the limit
-            code = 0 if results == [errno.EFBIG, errno.EFBIG] and short == 4 else 1
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert os.stat(f).st_size == MIB
 
 
 def test_huge_truncate_allocates_nothing(mnt: Mounted, d: Path) -> None:
@@ -222,26 +185,21 @@ def test_huge_truncate_allocates_nothing(mnt: Mounted, d: Path) -> None:
     assert os.stat(f).st_blocks == 0
 
 
-def test_sparse_gigabyte_does_not_slow_small_writes(d: Path) -> None:
-    def best_pwrite(path: Path, offset: int, size: int | None) -> float:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            if size is not None:
-                os.ftruncate(fd, size)
-            best = float("inf")
-            for i in range(15):
-                t0 = time.perf_counter()
-                os.pwrite(fd, b"w" * PAGE, offset - i * PAGE)
-                os.fsync(fd)  # the write must reach the daemon to be timed at all
-                best = min(best, time.perf_counter() - t0)
-            return best
-        finally:
-            os.close(fd)
-
-    small = best_pwrite(d / "small", 15 * PAGE, None)
-    sparse = best_pwrite(d / "sparse", (1 << 30) - PAGE, 1 << 30)
-    assert sparse < 10 * small + 0.002, f"4 KiB at the end of 1 GiB: {sparse:.6f}s vs {small:.6f}s"
-    assert os.stat(d / "sparse").st_blocks == 15 * PAGE // 512
+def test_writes_at_the_end_of_a_sparse_gigabyte_allocate_only_their_pages(mnt: Mounted, d: Path) -> None:
+    """What such a write costs is counted, not timed (scripts/bench times it): 15 pages for 15 page writes."""
+    f = d / "sparse"
+    fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.ftruncate(fd, 1 << 30)
+        before = meminfo(mnt)
+        for i in range(15):
+            os.pwrite(fd, b"w" * PAGE, (1 << 30) - (i + 1) * PAGE)
+        after = meminfo(mnt)
+    finally:
+        os.close(fd)
+    assert os.stat(f).st_blocks == 15 * PAGE // 512
+    assert after["Shmem"] - before["Shmem"] == 15 * PAGE // 1024
+    assert 15 * PAGE // 1024 <= before["MemFree"] - after["MemFree"] <= 15 * PAGE // 1024 + 256
 
 
 # --- pages in the simulated RAM ----------------------------------------------------------

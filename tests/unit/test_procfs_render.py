@@ -112,11 +112,20 @@ def test_stat_sums_every_possible_cpu_and_lists_the_online_ones(kernel: Kernel) 
 
 
 def test_uptime_idle_is_summed_over_cpus(kernel: Kernel) -> None:
-    time.sleep(0.05)
+    """Counters, not wall time: uptime's idle is the sum of the CPUs' idle ticks, read between two looks at them."""
+    accounting = kernel.cpu_accounting
+    before = sum(row["idle"] for row in accounting.per_cpu(kernel.cpus.online))
     text = procfs.render_uptime(kernel)
+    after = sum(row["idle"] for row in accounting.per_cpu(kernel.cpus.online))
     assert re.fullmatch(r"\d+\.\d{2} \d+\.\d{2}\n", text)
     up, idle = map(float, text.split())
-    assert up * 4 - 0.1 <= idle + 0.1 and idle <= up * 4 + 0.05
+    assert before <= round(idle * 100) <= after
+    assert idle <= up * 4 + 0.04, "never more idle time than 4 CPUs' worth of uptime"
+    cpu._store_online(kernel, 3)("0\n")
+    frozen = accounting.per_cpu(kernel.cpus.online)[3]["idle"]
+    _, idle2 = map(float, procfs.render_uptime(kernel).split())
+    assert accounting.per_cpu(kernel.cpus.online)[3]["idle"] == frozen, "an offline CPU's idle stands still"
+    assert idle2 * 100 >= after
 
 
 def test_load_average_fixed_point() -> None:
