@@ -74,7 +74,14 @@ class DaemonError(Exception):
     """The daemon served, but could not finish cleanly (data written through the mount did not reach the image)."""
 
 
+def _panic(reason: str) -> None:
+    """panic(): the machine stops dead. Nothing is flushed; the mount is left for `rinuxfs umount` to clear."""
+    log.critical("Kernel panic - not syncing: %s", reason)
+    os._exit(1)
+
+
 def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> None:
+    kernel.on_panic = _panic
     # A signal can come as soon as the mount is announced, before trio listens: keep it for later.
     early: list[int] = []
     for signum in STOP_SIGNALS:
@@ -113,6 +120,7 @@ def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> Non
 
                 nursery.start_soon(watch_signals)
                 nursery.start_soon(after_init)
+                kernel.start(nursery)  # kswapd and the flusher: cancelled with the nursery at the end
                 await pyfuse3.main(min_tasks=1, max_tasks=1)
                 ended_by_host = not stopped_by_signal  # fusermount3 -u: the mount is already gone
                 nursery.cancel_scope.cancel()

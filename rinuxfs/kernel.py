@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import trio
+
 from rinuxfs import __version__
-from rinuxfs.block.genhd import BlockRegistry, Gendisk
+from rinuxfs.block.genhd import BlockDevice, BlockRegistry, Gendisk
 from rinuxfs.block.partitions import probe
 from rinuxfs.drivers.ahci import FIRMWARE as AHCI_FIRMWARE
 from rinuxfs.drivers.ahci import MODEL as AHCI_MODEL
@@ -54,8 +56,11 @@ from rinuxfs.mm.memblock import (
     KERNEL_RWDATA_KB,
 )
 from rinuxfs.mm.mm_sysfs import register_mm_sysfs
-from rinuxfs.printk import KERN_NOTICE, KernelLog, LogRecord
-from rinuxfs.sched import Clock, CpuAccounting, LoadAverage, TaskTable
+from rinuxfs.mm.oom_kill import OomKiller
+from rinuxfs.mm.writeback import flusher
+from rinuxfs.printk import KERN_EMERG, KERN_NOTICE, KernelLog, LogRecord
+from rinuxfs.psi import Psi
+from rinuxfs.sched import Clock, CpuAccounting, LoadAverage, Task, TaskTable
 from rinuxfs.units import format_size
 
 KERNEL_RELEASE = "6.18.0-rinuxfs"
@@ -79,6 +84,8 @@ class KernelConfig:
     lba_size: int = 512
     numa: int = 1
     mem_prealloc: bool = False
+    swap: str = "auto"  # auto | off | DEV[:PRIO][,DEV[:PRIO]...]
+    oom: str = "kill"  # kill | errno
 
 
 @dataclass
@@ -114,6 +121,7 @@ class Kernel:
         self.core = DriverCore()  # the device tree /sys and /sys/kernel/debug render
         register_kernel_attrs(self.core, self)
         self.current: Credentials = ROOT_CRED
+        self.on_panic: Callable[[str], None] | None = None  # the daemon's way to stop dead
         self.image: DiskImage | None = None
         self._boot_banner()
         self.mm = self._boot_mm()
@@ -131,6 +139,7 @@ class Kernel:
             self.filesystem_types = [("sysfs", True), ("tmpfs", True), ("devtmpfs", True), ("debugfs", True),
                                      ("proc", True)]
             self._boot_filesystems()
+            self._boot_swap()
         except BaseException:
             self.close()
             raise
@@ -158,7 +167,8 @@ class Kernel:
         if not 1 <= c.numa <= MAX_NUMNODES:
             raise KernelError(errno.EINVAL, f"--numa must be between 1 and {MAX_NUMNODES}, not {c.numa}")
         try:
-            mm = MemoryManager(mem, c.cpus, c.numa, prealloc=c.mem_prealloc, current_cpu=self.current_cpu)
+            mm = MemoryManager(mem, c.cpus, c.numa, prealloc=c.mem_prealloc, current_cpu=self.current_cpu,
+                               current_pid=self.current_pid, log=self.log)
         except ValueError as e:
             raise KernelError(errno.EINVAL, f"bad --mem: {e}") from None
         except KernelError as e:
@@ -220,8 +230,16 @@ class Kernel:
         for cpu in range(self.config.cpus):
             self.tasks.spawn_kernel_thread(len(self.tasks.tasks) + 1, f"ksoftirqd/{cpu}", 2)
             self.mm.task_started()
-        self.tasks.spawn_kernel_thread(len(self.tasks.tasks) + 1, "kswapd0", 2)
-        self.mm.task_started()
+        for node in self.mm.allocator.nodes:
+            self.tasks.spawn_kernel_thread(len(self.tasks.tasks) + 1, f"kswapd{node.nid}", 2)
+            self.mm.task_started()
+        self.oom = OomKiller(self.mm, self.log, self.tasks.list, self._current_task, self.panic, self.config.oom)
+        self.mm.out_of_memory = self.oom.out_of_memory
+        self.psi = Psi(self.clock.uptime)
+        self.mm.on_stall = self.psi.stall
+        self.panicked = False
+        self.drop_caches_quiet = False  # vm.drop_caches bit 4: stop logging drops
+        self.oom_adj_warned = False
 
     def _boot_storage(self) -> None:
         """Find the disk as Linux does: controller probe, gendisk, then the partition scan."""
@@ -359,6 +377,62 @@ class Kernel:
             self.cpus.online.discard(cpu)
             self.log.info(f"smpboot: CPU {cpu} is now offline")
         self.cpu_accounting.advance(self.cpus.online)
+
+    def _boot_swap(self) -> None:
+        """swapon -a at boot: every Linux-swap partition with a valid header, or the ones --swap names."""
+        c = self.config.swap
+        if c == "off" or not self.block.disks:
+            return
+        wanted: list[tuple[str, int | None]] = []
+        if c == "auto":
+            for disk in self.block.disks:
+                for part in disk.devices()[1:]:
+                    if part.type_name in ("Linux swap", "Linux swap / Solaris"):
+                        wanted.append((part.name, None))
+        else:
+            for item in c.split(","):
+                name, _, prio = item.partition(":")
+                try:
+                    wanted.append((name, int(prio) if prio else None))
+                except ValueError:
+                    raise KernelError(errno.EINVAL, f"--swap {c}: {prio!r} is not a priority") from None
+        devices = {dev.name: dev for disk in self.block.disks for dev in disk.devices()}
+        for name, prio in wanted:
+            bdev = devices.get(name)
+            if bdev is None:
+                raise KernelError(errno.ENOENT, f"--swap {c}: no block device {name}")
+            self.swapon(bdev, prio)
+
+    def swapon(self, bdev: BlockDevice, prio: int | None) -> bool:
+        """Activate a swap partition; a bad header leaves it unused, with the kernel's reason in the log."""
+        try:
+            header = self.bdev_mappings[bdev.name].read(0, PAGE_SIZE)
+            solid = not bdev.disk.queue.limits.rotational
+            area = self.mm.swap.swapon(bdev, header, prio, solid)
+        except KernelError as e:
+            self.log.err(e.args[0] if e.args else f"swapon {bdev.name}: {e}")
+            return False
+        kb = area.pages * 4
+        self.log.info(f"Adding {kb}k swap on /dev/{bdev.name}.  Priority:{area.prio} extents:1 across:{kb}k"
+                      f"{' SS' if solid else ' '}")
+        return True
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """The kernel threads: a kswapd per node and the writeback flusher, in the daemon's nursery."""
+        for node in self.mm.allocator.nodes:
+            nursery.start_soon(self.mm.reclaimer.kswapd, node.nid, name=f"kswapd{node.nid}")
+        nursery.start_soon(flusher, self.mm, name="writeback")
+
+    def _current_task(self) -> Task | None:
+        return self.tasks.get(self.current.pid) if self.current.pid > 0 else None
+
+    def panic(self, reason: str) -> None:
+        """A panicked machine stops where it is: the log gets Linux's line, nothing is flushed."""
+        self.log.printk(KERN_EMERG, f"Kernel panic - not syncing: {reason}")
+        self.log.printk(KERN_EMERG, f"---[ end Kernel panic - not syncing: {reason} ]---")
+        self.panicked = True
+        if self.on_panic is not None:
+            self.on_panic(reason)
 
     def sync(self) -> None:
         """Write every dirty page to the disk, flush the device's cache, then the image file."""

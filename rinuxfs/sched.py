@@ -48,6 +48,9 @@ class Task:
     uid: int = 0
     gid: int = 0
     kthread: bool = False
+    oom_score_adj: int = 0  # -1000..1000 (OOM_SCORE_ADJ_MIN..MAX)
+    oom_score_adj_min: int = 0  # the lowest an unprivileged writer may set (what it last set as root)
+    oom_killed: bool = False  # chosen by the OOM killer: never chosen again
     host: bool = False  # a host process seen through the mount
     cmdline: list[str] = field(default_factory=list)
 

@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING
 
 from rinuxfs.errors import KernelError
 from rinuxfs.fs.kernfs import GenDir
-from rinuxfs.fs.procfs_mm import build_proc_sys_vm, render_buddyinfo, render_pagetypeinfo, render_zoneinfo
+from rinuxfs.fs.procfs_mm import (
+    add_pid_mm_files,
+    build_proc_pressure,
+    build_proc_sys_vm,
+    render_buddyinfo,
+    render_pagetypeinfo,
+    render_pid_statm,
+    render_pid_vm,
+    render_zoneinfo,
+)
 from rinuxfs.fs.superblock import StatFs, SuperBlock
 from rinuxfs.fs.vfs import Inode, Vfs
 from rinuxfs.mm.vmstat import vmstat
@@ -53,13 +62,14 @@ def build_proc_tree(root: GenDir, k: Kernel) -> None:
     root.file("meminfo", lambda: render_meminfo(k.mm.meminfo()))
     root.file("vmstat", lambda: "".join(f"{name} {value}\n" for name, value in vmstat(k.mm)))
     root.file("filesystems", lambda: render_filesystems(k))
-    root.file("swaps", lambda: "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n")
+    root.file("swaps", lambda: k.mm.swap.render())
     root.file("partitions", lambda: k.block.render_partitions())
     root.file("diskstats", lambda: k.block.render_diskstats())
     root.file("interrupts", lambda: k.irqs.render(k.cpus.online, k.timer_ticks(), k.mm.tlb_shootdowns))
     root.file("buddyinfo", lambda: render_buddyinfo(k.mm))
     root.file("pagetypeinfo", lambda: render_pagetypeinfo(k.mm), mode=0o400)
     root.file("zoneinfo", lambda: render_zoneinfo(k.mm, sorted(k.cpus.online)))
+    build_proc_pressure(root.path("pressure", mode=0o555), k)
     root.file("kmsg", lambda: k.log.render_kmsg(), mode=0o400)
     root.add_symlink("mounts", "self/mounts")
     root.add_symlink("self", lambda: str(k.current_pid()))
@@ -99,13 +109,13 @@ def make_pid_dir(root: GenDir, k: Kernel, pid: int) -> Inode:
 
     d.uid = d.gid = 0
     d.file("stat", lambda: render_pid_stat(k, task()))
-    d.file("statm", lambda: "0 0 0 0 0 0 0\n")
+    d.file("statm", lambda: render_pid_statm(k, task()))
     d.file("status", lambda: render_pid_status(k, task()))
     d.file("comm", lambda: f"{task().comm}\n")
     d.file("cmdline", lambda: "".join(a + "\0" for a in task().cmdline), mode=0o444)
     d.file("mounts", lambda: render_mounts(k))
     d.file("mountinfo", lambda: render_mountinfo(k))
-    d.file("oom_score_adj", lambda: "0\n")
+    add_pid_mm_files(d, k, task)
     return d
 
 
@@ -279,7 +289,8 @@ def render_pid_status(k: Kernel, t: Task) -> str:
         f"NSpgid:\t{t.pid}\n"
         f"NSsid:\t{t.pid}\n"
         f"Kthread:\t{1 if t.kthread else 0}\n"
-        "Threads:\t1\n"
+        + render_pid_vm(k, t)
+        + "Threads:\t1\n"
         "SigQ:\t0/7823\n"
         "SigPnd:\t0000000000000000\n"
         "ShdPnd:\t0000000000000000\n"

@@ -28,6 +28,7 @@ from rinuxfs.mm.page_alloc import (
     zone_batchsize,
 )
 from rinuxfs.mm.vmstat import NODE_STAT_ITEMS, NUMA_EVENTS, ZONE_STAT_ITEMS, node_stat_value, zone_stat_value
+from rinuxfs.sched import Task
 
 if TYPE_CHECKING:
     from rinuxfs.kernel import Kernel
@@ -83,7 +84,7 @@ def render_zoneinfo(mm: MemoryManager, online_cpus: list[int]) -> str:
             if not zone.populated:
                 out.append("\n")
                 continue
-            out += [f"\n      {name:<12} {zone_stat_value(zone, name)}" for name in ZONE_STAT_ITEMS]
+            out += [f"\n      {name:<12} {zone_stat_value(mm, zone, name)}" for name in ZONE_STAT_ITEMS]
             out += [f"\n      {name:<12} {zone.stat[name]}" for name in NUMA_EVENTS]
             batch = zone_batchsize(zone.managed)
             split = node_cpus or len(online_cpus) or 1
@@ -99,6 +100,82 @@ def render_zoneinfo(mm: MemoryManager, online_cpus: list[int]) -> str:
                            f"\n              high_max: {high_max}\n  vm stats threshold: {threshold}")
             out.append(f"\n  node_unreclaimable:  0\n  start_pfn:           {zone.start_pfn}\n")
     return "".join(out)
+
+
+def _set_pair(t: object, field: str, other: str, value: int, minimum: int) -> None:
+    """dirty_bytes and friends: a value below the minimum is EINVAL; a non-zero value clears the ratio."""
+    if value and value < minimum:
+        raise KernelError(errno.EINVAL, f"{field} must be at least {minimum}")
+    setattr(t, field, value)
+    if value and other != "overcommit_ratio":
+        setattr(t, other, 0)
+
+
+# --- /proc/<pid> memory files and /proc/pressure ---------------------------------------------
+
+
+def render_pid_vm(k: Kernel, t: Task) -> str:
+    """The Vm* lines of /proc/<pid>/status, from what is charged to the task (none for a kernel thread)."""
+    if t.kthread:
+        return ""
+    rss, swap = k.oom.charged(t.pid)
+    kb = 4
+    rows = (("VmPeak", rss + swap), ("VmSize", rss + swap), ("VmLck", 0), ("VmPin", 0), ("VmHWM", rss),
+            ("VmRSS", rss), ("RssAnon", 0), ("RssFile", 0), ("RssShmem", rss), ("VmData", 0), ("VmStk", 0),
+            ("VmExe", 0), ("VmLib", 0), ("VmPTE", 0), ("VmSwap", swap))
+    return "".join(f"{name}:\t{pages * kb:8d} kB\n" for name, pages in rows) + "HugetlbPages:\t       0 kB\n"
+
+
+def render_pid_statm(k: Kernel, t: Task) -> str:
+    """/proc/<pid>/statm: size resident shared text lib data dt, in pages."""
+    rss, swap = k.oom.charged(t.pid) if not t.kthread else (0, 0)
+    return f"{rss + swap} {rss} {rss} 0 0 0 0\n"
+
+
+OOM_ADJUST_MIN, OOM_ADJUST_MAX, OOM_DISABLE = -16, 15, -17
+
+
+def add_pid_mm_files(d: GenDir, k: Kernel, task: Callable[[], Task]) -> None:
+    def set_adj(value: int, legacy: bool) -> None:
+        t = task()
+        privileged = k.current.uid == 0  # CAP_SYS_RESOURCE
+        if value < t.oom_score_adj_min and not privileged:
+            raise KernelError(errno.EACCES, "lowering oom_score_adj needs CAP_SYS_RESOURCE")
+        t.oom_score_adj = value
+        if not legacy and privileged:
+            t.oom_score_adj_min = value
+
+    def store_score_adj(text: str) -> None:
+        values = parse_ints(text, 1, -INT_MAX - 1, INT_MAX)
+        if values is None or not -1000 <= values[0] <= 1000:
+            raise KernelError(errno.EINVAL, "oom_score_adj is -1000..1000")
+        set_adj(values[0], legacy=False)
+
+    def show_adj() -> str:
+        adj = task().oom_score_adj
+        return f"{OOM_ADJUST_MAX if adj == 1000 else int(adj * -OOM_DISABLE / 1000)}\n"
+
+    def store_adj(text: str) -> None:
+        values = parse_ints(text, 1, -INT_MAX - 1, INT_MAX)
+        if values is None or not OOM_DISABLE <= values[0] <= OOM_ADJUST_MAX:
+            raise KernelError(errno.EINVAL, "oom_adj is -17..15")
+        value = values[0]
+        adj = 1000 if value == OOM_ADJUST_MAX else int(value * 1000 / -OOM_DISABLE)
+        if not k.oom_adj_warned:
+            k.oom_adj_warned = True
+            t = task()
+            k.log.warn(f"{t.comm} ({t.pid}): /proc/{t.pid}/oom_adj is deprecated, please use "
+                       f"/proc/{t.pid}/oom_score_adj instead.")
+        set_adj(adj, legacy=True)
+
+    d.file("oom_score", lambda: f"{k.oom.oom_score(task())}\n")
+    d.file("oom_score_adj", lambda: f"{task().oom_score_adj}\n", store_score_adj)
+    d.file("oom_adj", show_adj, store_adj)
+
+
+def build_proc_pressure(d: GenDir, k: Kernel) -> None:
+    for resource in ("cpu", "io", "memory"):
+        d.file(resource, lambda r=resource: k.psi.render(r), mode=0o444)
 
 
 # --- sysctl parsing ---------------------------------------------------------------------------
@@ -161,6 +238,48 @@ def build_proc_sys_vm(vm: GenDir, k: Kernel) -> None:
             k.log.warn(f"Ignoring unsupported numa_zonelist_order value:  {text.rstrip()}")
             raise KernelError(errno.EINVAL, "numa_zonelist_order is Node")
 
+    t = mm.tunables
+    for name, attr, lo, hi in (
+        ("swappiness", "swappiness", 0, 200),
+        ("page-cluster", "page_cluster", 0, 31),
+        ("dirty_ratio", "dirty_ratio", 0, 100),
+        ("dirty_background_ratio", "dirty_background_ratio", 0, 100),
+        ("dirty_expire_centisecs", "dirty_expire_centisecs", 0, INT_MAX),
+        ("overcommit_memory", "overcommit_memory", 0, 2),
+        ("overcommit_ratio", "overcommit_ratio", 0, INT_MAX),
+        ("panic_on_oom", "panic_on_oom", 0, 2),
+        ("oom_kill_allocating_task", "oom_kill_allocating_task", -INT_MAX - 1, INT_MAX),
+        ("oom_dump_tasks", "oom_dump_tasks", -INT_MAX - 1, INT_MAX),
+    ):
+        _int_sysctl(vm, name, lambda f=attr: getattr(t, f), lambda v, f=attr: setattr(t, f, v), lo, hi)
+
+    def set_dirty_writeback(value: int) -> None:
+        t.dirty_writeback_centisecs = value
+        mm.writeback_wakeup()  # dirty_writeback_centisecs_handler: the new period starts now
+
+    _int_sysctl(vm, "dirty_writeback_centisecs", lambda: t.dirty_writeback_centisecs, set_dirty_writeback,
+                0, INT_MAX)
+    # The _bytes and _ratio forms exclude each other: setting one clears the other (page-writeback.c).
+    _int_sysctl(vm, "dirty_bytes", lambda: t.dirty_bytes, lambda v: _set_pair(t, "dirty_bytes", "dirty_ratio", v,
+                                                                               2 * 4096), 0, ULONG_MAX)
+    _int_sysctl(vm, "dirty_background_bytes", lambda: t.dirty_background_bytes,
+                lambda v: _set_pair(t, "dirty_background_bytes", "dirty_background_ratio", v, 1), 0, ULONG_MAX)
+    _int_sysctl(vm, "overcommit_kbytes", lambda: t.overcommit_kbytes,
+                lambda v: _set_pair(t, "overcommit_kbytes", "overcommit_ratio", v, 0), 0, ULONG_MAX)
+
+    def drop_caches(text: str) -> None:
+        values = parse_ints(text, 1, 1, 4)
+        if values is None:
+            return
+        mode = values[0]
+        mm.reclaimer.drop_caches(mode)
+        if not mode & 4 and not k.drop_caches_quiet:
+            task = k.tasks.get(k.current_pid())
+            comm = task.comm if task is not None else "?"
+            k.log.info(f"{comm} ({k.current_pid()}): drop_caches: {mode}")
+        k.drop_caches_quiet |= bool(mode & 4)
+
+    vm.file("drop_caches", lambda: "", drop_caches, mode=0o200)
     _int_sysctl(vm, "min_free_kbytes", lambda: a.min_free_kbytes, set_min_free_kbytes, 0, INT_MAX)
     _int_sysctl(vm, "watermark_scale_factor", lambda: a.watermark_scale_factor, set_scale_factor, 1, 3000)
     vm.file("lowmem_reserve_ratio", lambda: "\t".join(map(str, a.lowmem_reserve_ratio)) + "\n",

@@ -28,8 +28,8 @@ from rinuxfs.mm.filemap import AddressSpace
 
 TMPFS_MAGIC = 0x01021994
 BOGO_DIRENT_SIZE = 20
-# A tmpfs page is page cache (Cached, Shmem) on the anon LRU, because only swap can free it.
-SHMEM_PAGE_ITEMS = ("nr_shmem", "nr_file_pages", "nr_inactive_anon")
+# A tmpfs page is page cache (Cached, Shmem); the mapping puts it on the anon LRU, as only swap can free it.
+SHMEM_PAGE_ITEMS = ("nr_shmem", "nr_file_pages")
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 # Targets this long (with their NUL) or longer get a page: shmem_symlink's inline limit.
@@ -110,7 +110,7 @@ class ShmemFile(TmpfsInode):
 
     @property
     def blocks(self) -> int:
-        return self.mapping.nrpages * (PAGE_SIZE // 512)
+        return self.mapping.nrblocks * (PAGE_SIZE // 512)  # swapped-out pages count too, as shmem's i_blocks
 
     def truncate(self, size: int) -> None:
         if not stat.S_ISREG(self.mode):
@@ -189,7 +189,7 @@ class TmpfsSymlink(TmpfsInode):
 
     @property
     def blocks(self) -> int:
-        return self.mapping.nrpages * (PAGE_SIZE // 512) if self.mapping is not None else 0
+        return self.mapping.nrblocks * (PAGE_SIZE // 512) if self.mapping is not None else 0
 
     def readlink(self) -> bytes:
         self.touch(a=True)

@@ -1,67 +1,77 @@
 """The page cache of a block device: device bytes in frames of the simulated RAM, read and written by bios.
 
 Contract (the address_space of a bdev inode; what `Buffers` counts in meminfo):
-- `read(offset, size)` brings the pages it covers into the cache with read
-  bios whose segments are the cache's own frames (DMA straight into them),
-  one bio per run of missing pages, all submitted as one batch; then copies out.
-  Readahead past the request is best effort: short of memory, it shortens.
-- `write(offset, data)` updates cached pages, first reading a page the write
-  covers only in part; the pages become dirty. Nothing reaches the disk until
-  `writeback()` (fsync, release of the last open file, unmount, reclaim, or a
-  writer pushing the dirty pages past vm.dirty_ratio of dirtyable memory).
-- `writeback()` writes dirty pages as one bio per run of consecutive dirty
-  pages, submitted as a batch so the queue merges what is adjacent.
-- `shrink(n)` drops up to n clean pages, oldest first, and returns how many.
+- `read(offset, size)` brings the pages it covers into the cache with read bios whose segments
+  are the cache's own frames (DMA straight into them), one bio per run of missing pages, all
+  submitted as one batch; then copies out. Readahead past the request is best effort: short of
+  memory, it shortens. A page that comes back after reclaim dropped it brings its shadow to the
+  LRU (a refault).
+- `write(offset, data)` updates cached pages, first reading a page the write covers only in
+  part; the pages become dirty, stamped with the time they became so. Nothing reaches the disk
+  until writeback: the flusher (pages dirty longer than dirty_expire_centisecs, or everything
+  past the background threshold), fsync, the last close, unmount, reclaim, or the writer itself
+  when the dirty pages pass the middle of the background and dirty limits (balance_dirty_pages).
+- `writeback(before=None)` writes dirty pages (those dirtied before a time, or all) as one bio per
+  run of consecutive pages, submitted as a batch so the queue merges what is adjacent. A failed
+  write leaves the pages dirty and raises.
+- For reclaim (vmscan.Reclaimable): `pageout(pages)` writes the dirty ones of a batch and says
+  which can go; `drop(pages)` drops them, each leaving its shadow; `drop_clean()` is
+  drop_caches' part: every clean page goes.
+- Pages of the range a request is working on are pinned: reclaim never takes them.
 - The cache never holds a page past the device's end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
-from collections import OrderedDict
+import time
+from collections.abc import Iterator
 
 from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp
 from rinuxfs.block.genhd import BlockDevice
 from rinuxfs.errors import KernelError
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
 from rinuxfs.mm.core import MemoryManager
+from rinuxfs.mm.writeback import dirty_limits
 
 _PAGE_MASK = PAGE_SIZE - 1
-BDEV_PAGE_ITEMS = ("nr_blockdev_pages", "nr_file_pages", "nr_inactive_file")
-VM_DIRTY_RATIO = 20  # /proc/sys/vm/dirty_ratio's default: percent of dirtyable memory a writer may dirty
+BDEV_PAGE_ITEMS = ("nr_blockdev_pages", "nr_file_pages")
 
 
 class BlockDeviceMapping:
+    anon = False  # file pages: on the file LRU, freed by dropping them
+
     def __init__(self, mm: MemoryManager, bdev: BlockDevice) -> None:
         self.mm = mm
         self.bdev = bdev
-        self.pages: OrderedDict[int, int] = OrderedDict()  # index -> pfn, least recently used first
-        self.dirty: set[int] = set()
+        self.pages: dict[int, int] = {}  # index -> pfn
+        self.dirty: dict[int, float] = {}  # index -> when it became dirty (monotonic s), oldest first
+        self.shadows: dict[int, int] = {}  # index -> the LRU's shadow of a page reclaim dropped
+        self._pinned: list[tuple[int, int]] = []
         self.mapping_id = mm.register_mapping(self)
-        mm.register_shrinker(self.shrink)
 
     @property
     def size(self) -> int:
         return self.bdev.size_bytes
 
+    @contextlib.contextmanager
+    def _pin(self, first: int, last: int) -> Iterator[None]:
+        self._pinned.append((first, last))
+        try:
+            yield
+        finally:
+            self._pinned.pop()
+
+    def _is_pinned(self, index: int) -> bool:
+        return any(first <= index <= last for first, last in self._pinned)
+
     # --- filling the cache ---------------------------------------------------------------
 
     def _populate(self, first: int, last: int) -> None:
-        """Read pages first..last that are not cached, with one bio per run of missing pages.
-
-        The range is marked most recently used first, so that reclaim set off by
-        our own allocation takes other pages; should it take some of these
-        anyway (a cache smaller than the range), they are read again.
-        """
-        for _ in range(8):
-            for index in range(first, last + 1):
-                if index in self.pages:
-                    self.pages.move_to_end(index)
-            missing = [i for i in range(first, last + 1) if i not in self.pages]
-            if not missing:
-                return
+        missing = [i for i in range(first, last + 1) if i not in self.pages]
+        if missing:
             self._read_pages(missing)
-        raise KernelError(errno.ENOMEM, "block device cache: memory too short to hold one request")
 
     def _readahead(self, first: int, last: int, ra_last: int) -> None:
         """Read pages first..last and, in the same batch, ahead of need up to ra_last, as memory allows.
@@ -73,13 +83,15 @@ class BlockDeviceMapping:
         """
         ra_last = min(ra_last, first + max(last - first + 1, self.mm.allocator.nr_free_pages // 2) - 1)
         try:
-            self._populate(first, ra_last)
+            with self._pin(first, ra_last):
+                self._populate(first, ra_last)
         except KernelError as e:
             if e.errno != errno.ENOMEM:
                 raise
 
     def _read_pages(self, missing: list[int]) -> None:
-        pfns = self.mm.alloc_pages(len(missing))
+        mm = self.mm
+        pfns = mm.alloc_pages(len(missing))
         bios: list[Bio] = []
         run: list[tuple[int, int]] = []
         for index, pfn in zip(missing, pfns, strict=True):
@@ -88,16 +100,22 @@ class BlockDeviceMapping:
                 run = []
             run.append((index, pfn))
         bios.append(self._bio(ReqOp.READ, run))
+        start = time.monotonic()
         try:
             self.bdev.submit(bios)
         except BaseException:
-            self.mm.free_pages(pfns)
+            mm.free_pages(pfns)
             raise
+        finally:
+            if mm.on_stall is not None:
+                mm.on_stall("io", time.monotonic() - start)
         for index, pfn in zip(missing, pfns, strict=True):
             self.pages[index] = pfn
-        self.mm.account(BDEV_PAGE_ITEMS, pfns)
-        self.mm.memmap.set_owner(pfns, self.mapping_id, missing)
-        self.mm.events["pgpgin"] += len(missing) * (PAGE_SIZE // 1024)
+        mm.account(BDEV_PAGE_ITEMS, pfns)
+        mm.memmap.set_owner(pfns, self.mapping_id, missing)
+        shadows = [self.shadows.pop(i, None) for i in missing] if self.shadows else None
+        mm.lru_add(pfns, anon=False, shadows=shadows)
+        mm.events["pgpgin"] += len(missing) * (PAGE_SIZE // 1024)
 
     def _bio(self, op: ReqOp, run: list[tuple[int, int]]) -> Bio:
         """A bio over consecutive page indexes; the tail page may end at the device's end."""
@@ -121,26 +139,28 @@ class BlockDeviceMapping:
             return b""
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         ra_last = min((end - 1 + readahead) >> PAGE_SHIFT, (self.size - 1) >> PAGE_SHIFT)
-        if ra_last > last:
-            self._readahead(first, last, ra_last)
-        self._populate(first, last)  # a no-op unless there was no readahead or reclaim took pages back
-        ram = self.mm.ram.view
-        parts = []
-        pos, i = offset, first
-        pages = self.pages
-        while i <= last:
-            pfn = pages[i]
-            pages.move_to_end(i)
-            run = i
-            while run < last and pages.get(run + 1) == pfn + (run + 1 - i):
-                run += 1
-                pages.move_to_end(run)
-            chunk = min(end, (run + 1) << PAGE_SHIFT) - pos
-            phys = (pfn << PAGE_SHIFT) + (pos - (i << PAGE_SHIFT))
-            parts.append(ram[phys : phys + chunk])
-            pos += chunk
-            i = run + 1
-        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        with self._pin(first, last):
+            if ra_last > last:
+                self._readahead(first, last, ra_last)
+            self._populate(first, last)  # a no-op unless there was no readahead or it fell short
+            ram = self.mm.ram.view
+            parts = []
+            touched: list[int] = []
+            pos, i = offset, first
+            pages = self.pages
+            while i <= last:
+                pfn = pages[i]
+                run = i
+                while run < last and pages.get(run + 1) == pfn + (run + 1 - i):
+                    run += 1
+                chunk = min(end, (run + 1) << PAGE_SHIFT) - pos
+                phys = (pfn << PAGE_SHIFT) + (pos - (i << PAGE_SHIFT))
+                parts.append(ram[phys : phys + chunk])
+                touched.extend(range(pfn, pfn + run - i + 1))
+                pos += chunk
+                i = run + 1
+            self.mm.lru_access(touched)
+            return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     def write(self, offset: int, data: bytes | memoryview) -> int:
         src = memoryview(data).cast("B")
@@ -149,57 +169,70 @@ class BlockDeviceMapping:
             return 0
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         self._balance_dirty_pages(last - first + 1)
-        # Pages written only in part must hold the device's bytes around the write.
-        partial = {first} if offset & _PAGE_MASK else set()
-        if end & _PAGE_MASK and end != self.size:
-            partial.add(last)
-        for _ in range(8):  # until reclaim set off by our own allocations leaves every page in place
-            for index in sorted(partial):
-                self._populate(index, index)
-            full = [i for i in range(first, last + 1) if i not in self.pages and i not in partial]
+        with self._pin(first, last):
+            # Pages written only in part must hold the device's bytes around the write.
+            if offset & _PAGE_MASK:
+                self._populate(first, first)
+            if end & _PAGE_MASK and end != self.size:
+                self._populate(last, last)
+            full = [i for i in range(first, last + 1) if i not in self.pages]
             if full:
                 pfns = self.mm.alloc_pages(len(full))
                 for index, pfn in zip(full, pfns, strict=True):
                     self.pages[index] = pfn
                 self.mm.account(BDEV_PAGE_ITEMS, pfns)
                 self.mm.memmap.set_owner(pfns, self.mapping_id, full)
-            if all(i in self.pages for i in range(first, last + 1)):
-                break
-        else:
-            raise KernelError(errno.ENOMEM, "block device cache: memory too short to hold one write")
-        ram = self.mm.ram.view
-        pos, done = offset, 0
-        newly_dirty: list[int] = []
-        for i in range(first, last + 1):
-            pfn = self.pages[i]
-            self.pages.move_to_end(i)
-            chunk = min(end, (i + 1) << PAGE_SHIFT) - pos
-            phys = (pfn << PAGE_SHIFT) + (pos - (i << PAGE_SHIFT))
-            ram[phys : phys + chunk] = src[done : done + chunk]
-            pos += chunk
-            done += chunk
-            if i not in self.dirty:
-                self.dirty.add(i)
-                newly_dirty.append(pfn)
-        self.mm.account(("nr_dirty",), newly_dirty)
+                shadows = [self.shadows.pop(i, None) for i in full] if self.shadows else None
+                self.mm.lru_add(pfns, anon=False, shadows=shadows)
+            ram = self.mm.ram.view
+            pos, done = offset, 0
+            newly_dirty: list[int] = []
+            touched: list[int] = []
+            now = time.monotonic()
+            for i in range(first, last + 1):
+                pfn = self.pages[i]
+                touched.append(pfn)
+                chunk = min(end, (i + 1) << PAGE_SHIFT) - pos
+                phys = (pfn << PAGE_SHIFT) + (pos - (i << PAGE_SHIFT))
+                ram[phys : phys + chunk] = src[done : done + chunk]
+                pos += chunk
+                done += chunk
+                if i not in self.dirty:
+                    self.dirty[i] = now
+                    newly_dirty.append(pfn)
+            self.mm.account(("nr_dirty",), newly_dirty)
+            self.mm.events["nr_dirtied"] += len(newly_dirty)
+            self.mm.lru_access(touched)
         return done
 
     def _balance_dirty_pages(self, incoming: int) -> None:
-        """balance_dirty_pages: past vm.dirty_ratio of dirtyable memory, the writer cleans its own pages first.
+        """balance_dirty_pages: past the middle of the background and dirty limits, the writer is held
+        back while dirty pages are written, here by writing its own oldest ones itself.
 
-        Dirty pages cannot be reclaimed, so without this a write stream larger
-        than RAM (dd onto a big device) would end in ENOMEM where Linux throttles
-        the writer and lets writeback catch up.
+        Dirty pages cannot be reclaimed until written, so without this a write stream larger than RAM
+        (dd onto a big device) would end in ENOMEM where Linux throttles the writer.
         """
-        node = self.mm.node
-        dirtyable = self.mm.allocator.nr_free_pages + node["nr_blockdev_pages"]
-        if self.dirty and node["nr_dirty"] + incoming > dirtyable * VM_DIRTY_RATIO // 100:
-            self.writeback()
-
-    def writeback(self) -> None:
+        mm = self.mm
         if not self.dirty:
             return
-        order = sorted(self.dirty)
+        bg, thresh = dirty_limits(mm)
+        dirty = mm.node["nr_dirty"] + incoming
+        if dirty > (bg + thresh) // 2:
+            mm.events["nr_throttled_written"] += len(self.dirty)
+            self.writeback()
+        elif dirty > bg:
+            mm.writeback_wakeup()
+
+    def writeback(self, before: float | None = None, only: list[int] | None = None) -> int:
+        """Write dirty pages (dirtied before `before`, or those `only`, or all): how many were written."""
+        if not self.dirty:
+            return 0
+        if only is not None:
+            order = sorted(i for i in only if i in self.dirty)
+        else:
+            order = sorted(i for i, t in self.dirty.items() if before is None or t < before)
+        if not order:
+            return 0
         bios: list[Bio] = []
         run: list[tuple[int, int]] = []
         for index in order:
@@ -209,34 +242,73 @@ class BlockDeviceMapping:
             run.append((index, self.pages[index]))
         bios.append(self._bio(ReqOp.WRITE, run))
         pfns = [self.pages[index] for index in order]
-        self.mm.account(("nr_writeback",), pfns)
+        mm = self.mm
+        mm.account(("nr_writeback",), pfns)
+        start = time.monotonic()
         try:
             self.bdev.submit(bios)
         finally:
-            self.mm.account(("nr_writeback",), pfns, -1)
-        self.dirty.clear()
-        self.mm.account(("nr_dirty",), pfns, -1)
-        self.mm.events["pgpgout"] += len(order) * (PAGE_SIZE // 1024)
+            mm.account(("nr_writeback",), pfns, -1)
+            if mm.on_stall is not None:
+                mm.on_stall("io", time.monotonic() - start)
+        for index in order:
+            del self.dirty[index]
+        mm.account(("nr_dirty",), pfns, -1)
+        mm.events["nr_written"] += len(order)
+        mm.events["pgpgout"] += len(order) * (PAGE_SIZE // 1024)
+        return len(order)
 
     def flush(self) -> None:
         """Make written data durable: write back, then a FLUSH to the device's volatile cache."""
         self.writeback()
         self.bdev.submit([Bio(ReqOp.FLUSH, 0, 0)])
 
-    def shrink(self, count: int) -> int:
-        victims: list[int] = []
-        for index in self.pages:  # least recently used first; stop as soon as there are enough
-            if index not in self.dirty:
-                victims.append(index)
-                if len(victims) >= count:
-                    break
-        freed = [self.pages.pop(index) for index in victims]
-        if freed:
-            self.mm.account(BDEV_PAGE_ITEMS, freed, -1)
-            self.mm.free_pages(freed)
-        return len(freed)
+    # --- reclaim -------------------------------------------------------------------------
+
+    def writeout_failed(self, index: int) -> None:
+        """Never called: dirty block-cache pages are written before pageout answers."""
+
+    def pageout(self, pages: list[tuple[int, int]], plug: object = None) -> list[bool]:
+        """Which of these pages can go: clean ones at once, dirty ones once written (pageout)."""
+        live = [(i, pfn) for i, pfn in pages if self.pages.get(i) == pfn and not self._is_pinned(i)]
+        dirty = [i for i, _ in live if i in self.dirty]
+        written = True
+        if dirty:
+            try:
+                self.writeback(only=dirty)
+                self.mm.events["nr_vmscan_write"] += len(dirty)
+            except KernelError:
+                written = False
+        ok = {i for i, _ in live if written or i not in self.dirty}
+        return [i in ok and self.pages.get(i) == pfn for i, pfn in pages]
+
+    def drop(self, pages: list[tuple[int, int, int]]) -> None:
+        pfns = []
+        cap = max(1024, self.mm.allocator.totalram_pages)
+        for index, pfn, shadow in pages:
+            del self.pages[index]
+            pfns.append(pfn)
+            self.shadows[index] = shadow
+        while len(self.shadows) > cap:  # the shadow node shrinker: the oldest shadows go first
+            del self.shadows[next(iter(self.shadows))]
+            self.mm.events["workingset_nodereclaim"] += 1
+        self.mm.account(BDEV_PAGE_ITEMS, pfns, -1)
+        self.mm.free_pages(pfns)
+
+    def drop_clean(self) -> int:
+        """Every clean, unpinned page out of the cache (drop_caches, O_DIRECT's invalidation)."""
+        victims = [(i, pfn) for i, pfn in self.pages.items() if i not in self.dirty and not self._is_pinned(i)]
+        if not victims:
+            return 0
+        pfns = [pfn for _, pfn in victims]
+        for i, _ in victims:
+            del self.pages[i]
+        self.mm.lru_remove(pfns)
+        self.mm.account(BDEV_PAGE_ITEMS, pfns, -1)
+        self.mm.free_pages(pfns)
+        return len(pfns)
 
     def invalidate(self) -> None:
         """Drop every page (after writeback): the next read goes to the device."""
         self.writeback()
-        self.shrink(len(self.pages))
+        self.drop_clean()

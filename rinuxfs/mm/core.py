@@ -23,19 +23,24 @@ Contract:
 from __future__ import annotations
 
 import errno
+import time
 import weakref
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import trio
 
 from rinuxfs.errors import KernelError
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from rinuxfs.mm.buddy import MIGRATE_MOVABLE, MIGRATE_RECLAIMABLE, MIGRATE_UNMOVABLE
 from rinuxfs.mm.hugetlb import HugetlbPools
+from rinuxfs.mm.lru import LRU_NAMES, Lruvec
 from rinuxfs.mm.memblock import Memblock
+from rinuxfs.mm.memcontrol import Charges
 from rinuxfs.mm.memmap import PG, MemMap
 from rinuxfs.mm.page_alloc import (
-    WMARK_HIGH,
     WMARK_LOW,
     WMARK_MIN,
     ZONE_MOVABLE,
@@ -46,6 +51,10 @@ from rinuxfs.mm.page_alloc import (
     to_runs,
 )
 from rinuxfs.mm.pgtable import DirectMap
+from rinuxfs.mm.swap_state import SwapCache
+from rinuxfs.mm.swapfile import SwapAreas
+from rinuxfs.mm.vmscan import MAX_RECLAIM_RETRIES, Reclaimer
+from rinuxfs.printk import KernelLog
 
 KIB_PER_PAGE = PAGE_SIZE // 1024
 NODE_ALIGN = (32 << 20) >> PAGE_SHIFT  # FAKE_NODE_MIN_SIZE: NUMA emulation's node granule
@@ -63,7 +72,26 @@ _PERCPU_KB_PER_CPU = 476
 VMALLOC_TOTAL_KB = 34359738367
 SWAP_CLUSTER_MAX = 32  # pages reclaim works on at a time
 
-Shrinker = Callable[[int], int]  # free up to n pages, return how many were freed
+
+
+@dataclass
+class VmTunables:
+    """The /proc/sys/vm values mm reads (their defaults are Linux's)."""
+
+    swappiness: int = 60
+    page_cluster: int = 3
+    dirty_ratio: int = 20
+    dirty_background_ratio: int = 10
+    dirty_bytes: int = 0
+    dirty_background_bytes: int = 0
+    dirty_expire_centisecs: int = 3000
+    dirty_writeback_centisecs: int = 500
+    overcommit_memory: int = 0
+    overcommit_ratio: int = 50
+    overcommit_kbytes: int = 0
+    panic_on_oom: int = 0
+    oom_kill_allocating_task: int = 0
+    oom_dump_tasks: int = 1
 
 
 def node_ranges(nr_frames: int, nr_nodes: int) -> list[tuple[int, int]]:
@@ -89,12 +117,14 @@ class MemoryManager:
     """All of the machine's memory: RAM, nodes, zones, the allocator's policy and the page counters."""
 
     def __init__(self, mem_size: int, nr_cpus: int, nr_nodes: int = 1, prealloc: bool = False,
-                 current_cpu: Callable[[], int] = lambda: 0) -> None:
+                 current_cpu: Callable[[], int] = lambda: 0, current_pid: Callable[[], int] = lambda: 0,
+                 log: KernelLog | None = None) -> None:
         if not 1 <= nr_nodes <= MAX_NUMNODES:
             raise KernelError(errno.EINVAL, f"--numa must be between 1 and {MAX_NUMNODES}, not {nr_nodes}")
         self.nr_cpus = nr_cpus
         self.prealloc = prealloc
         self.current_cpu = current_cpu
+        self.current_pid = current_pid
         ranges = node_ranges(mem_size >> PAGE_SHIFT, nr_nodes)
         node_cpus = cpus_of_nodes(nr_cpus, nr_nodes)
         self.cpu_to_node = [next(n for n, cpus in enumerate(node_cpus) if c in cpus) for c in range(nr_cpus)]
@@ -115,10 +145,19 @@ class MemoryManager:
         self.events = Counter[str]()  # vm_event_item counters
         self.kernel_stack_kb = 0
         self.committed_pages = 0
-        self.shrinkers: list[Shrinker] = []
         self.mappings: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
         self._next_mapping_id = 0
-        self._reclaiming = False
+        self.tunables = VmTunables()
+        self.lruvecs = [Lruvec(self._lru_counter(node.nid), node.managed) for node in self.allocator.nodes]
+        self.reclaimer = Reclaimer(self)
+        self.swap = SwapAreas()
+        self.charges = Charges(self.memmap)
+        # What to do when reclaim cannot make room: set by the kernel (the OOM killer); None means ENOMEM.
+        self.out_of_memory: Callable[[int], bool] | None = None
+        self.on_stall: Callable[[str, float], None] | None = None  # PSI: (resource, seconds)
+        self.flusher_wakeup: trio.Event | None = None  # set while the flusher task sleeps
+        self.log = log if log is not None else KernelLog(lambda: 0)
+        self.swap_cache = SwapCache(self, self.log)
         self.tlb_shootdowns = [0] * nr_cpus  # per receiving CPU; nothing here remaps what other CPUs hold
         self._boot_kernel_use()
         self.thp_enabled = "madvise"
@@ -149,35 +188,67 @@ class MemoryManager:
         return self.cpu_to_node[cpu] if 0 <= cpu < len(self.cpu_to_node) else 0
 
     def alloc_pages(self, count: int, mt: int = MIGRATE_MOVABLE) -> list[int]:
-        """`count` order-0 frames, from the preferred node down its zonelist; ENOMEM when reclaim cannot help."""
+        """`count` order-0 frames, from the preferred node down its zonelist; ENOMEM when nothing can help."""
         if count <= 0:
             return []
         runs = self._alloc_runs(count, mt)
         self.memmap.allocated(runs)
         pfns = runs_to_pfns(runs)
-        if self.allocator.nr_free_pages < self.allocator.wmark_sum(WMARK_LOW):
-            self._reclaim(self.allocator.wmark_sum(WMARK_HIGH) - self.allocator.nr_free_pages, "kswapd")
+        self._wake_kswapd_if_low()
         return pfns
 
+    def _wake_kswapd_if_low(self) -> None:
+        for node in self.allocator.nodes:
+            if any(z.nr_free < z.watermark[WMARK_LOW] for z in node.zones if z.populated):
+                self.reclaimer.wakeup_kswapd(node.nid)
+
     def _alloc_runs(self, count: int, mt: int) -> list[tuple[int, int]]:
+        """__alloc_pages: the fast path above the low watermarks, then kswapd, the min watermarks, direct
+        reclaim while it makes progress (at most MAX_RECLAIM_RETRIES rounds), and the OOM killer."""
         a = self.allocator
         nid = local = self.numa_node_id()
         runs = a.alloc(count, nid, local, mt, ZONE_MOVABLE, WMARK_LOW)
         got = sum(c for _, c in runs)
-        for step in ("kswapd", "min", "direct", "last"):
-            if got >= count:
-                break
-            if step == "kswapd":
-                self._reclaim(a.wmark_sum(WMARK_HIGH) - a.nr_free_pages + count - got, "kswapd")
-            elif step == "direct":
-                self._reclaim(count - got + SWAP_CLUSTER_MAX, "direct")
+        if got < count:
+            for node in self.allocator.nodes:
+                self.reclaimer.wakeup_kswapd(node.nid)
             more = a.alloc(count - got, nid, local, mt, ZONE_MOVABLE, WMARK_MIN)
             runs += more
             got += sum(c for _, c in more)
-        if got < count:
+        retries = 0
+        while got < count:
+            if not self.reclaimer.in_reclaim:
+                freed = self._direct_reclaim(count - got, nid)
+            else:
+                freed = 0
+            more = a.alloc(count - got, nid, local, mt, ZONE_MOVABLE, WMARK_MIN)
+            runs += more
+            got += sum(c for _, c in more)
+            if got >= count:
+                break
+            retries += 1
+            if freed and retries < MAX_RECLAIM_RETRIES:
+                continue
             a.free_runs(runs)
-            raise KernelError(errno.ENOMEM, f"out of memory: {count} pages wanted, free pages at the min watermark")
+            runs, got = [], 0
+            if self.reclaimer.in_reclaim or self.out_of_memory is None or not self.out_of_memory(count):
+                raise KernelError(errno.ENOMEM, f"out of memory: {count} pages wanted, nothing left to reclaim")
+            runs = a.alloc(count, nid, local, mt, ZONE_MOVABLE, WMARK_MIN)
+            got = sum(c for _, c in runs)
+            retries = MAX_RECLAIM_RETRIES - 1  # after a kill: one more round, then ENOMEM
         return runs
+
+    def _direct_reclaim(self, want: int, nid: int) -> int:
+        highest = max((z.idx for z in self.allocator.populated_zones()), default=0)
+        self.events[f"allocstall_{('dma', 'dma32', 'normal', 'movable', 'device')[highest]}"] += 1
+        nids = [z.nid for z in self.allocator.nodes[nid].zonelist]
+        order = list(dict.fromkeys(nids))
+        start = time.monotonic()
+        try:
+            return self.reclaimer.try_to_free_pages(want + SWAP_CLUSTER_MAX, order)
+        finally:
+            if self.on_stall is not None:
+                self.on_stall("memory", time.monotonic() - start)
 
     def alloc_block(self, order: int, nid: int | None = None, thisnode: bool = False,
                     mark: int | None = WMARK_MIN) -> int | None:
@@ -192,8 +263,8 @@ class MemoryManager:
         """`count` physically contiguous frames (alloc_pages_exact: a block of the next order, its tail freed)."""
         order = max(0, (count - 1).bit_length())
         pfn = self.alloc_block(order, mark=WMARK_MIN)
-        if pfn is None:
-            self._reclaim(1 << order, "direct")
+        if pfn is None and not self.reclaimer.in_reclaim:
+            self._direct_reclaim(1 << order, self.numa_node_id())
             pfn = self.alloc_block(order, mark=WMARK_MIN)
         if pfn is None:
             raise KernelError(errno.ENOMEM, f"out of memory: no {count} contiguous pages")
@@ -234,38 +305,59 @@ class MemoryManager:
         self.mappings[self._next_mapping_id] = mapping
         return self._next_mapping_id
 
-    def register_shrinker(self, shrinker: Shrinker) -> None:
-        self.shrinkers.append(shrinker)
+    def writeback_wakeup(self) -> None:
+        """Dirty pages past the background threshold: the flusher, now."""
+        if self.flusher_wakeup is not None:
+            self.flusher_wakeup.set()
 
-    def _reclaim(self, target: int, who: str) -> int:
-        """Ask the shrinkers for `target` pages, in SWAP_CLUSTER_MAX batches; count it as Linux's vmstat does."""
-        if self._reclaiming or target <= 0:
-            return 0
-        self._reclaiming = True
-        freed = 0
-        try:
-            if who == "direct":
-                highest = max((z.idx for z in self.allocator.populated_zones()), default=0)
-                self.events[f"allocstall_{('dma', 'dma32', 'normal', 'movable', 'device')[highest]}"] += 1
-            else:
-                self.events["pageoutrun"] += 1
-            progress = True
-            while freed < target and progress:
-                progress = False
-                for shrink in list(self.shrinkers):
-                    want = min(SWAP_CLUSTER_MAX, target - freed)
-                    got = shrink(want)
-                    self.events[f"pgscan_{who}"] += want
-                    self.events[f"pgsteal_{who}"] += got
-                    freed += got
-                    progress |= got > 0
-                    if freed >= target:
-                        break
-            self.events["pgscan_file"] += freed
-            self.events["pgsteal_file"] += freed
-        finally:
-            self._reclaiming = False
-        return freed
+    # --- the LRU lists -----------------------------------------------------------------
+
+    def _lru_counter(self, nid: int) -> Callable[[int, int], None]:
+        """The lruvec's size changes, into node nid's nr_<list> counters and the machine total."""
+        names = [f"nr_{name}" for name in LRU_NAMES]
+        node_stat = self.allocator.nodes[nid].stat
+        total = self.total
+
+        def on_change(lru: int, delta: int) -> None:
+            name = names[lru]
+            node_stat[name] += delta
+            total[name] += delta
+
+        return on_change
+
+    def _by_node(self, pfns: list[int]) -> list[tuple[int, list[int]]]:
+        if len(self.lruvecs) == 1:
+            return [(0, pfns)]
+        groups: dict[int, list[int]] = {}
+        for pfn in pfns:
+            groups.setdefault(self.node_of(pfn), []).append(pfn)
+        return list(groups.items())
+
+    def lru_add(self, pfns: list[int], anon: bool, shadows: list[int | None] | None = None) -> None:
+        if not pfns:
+            return
+        if shadows is None or len(self.lruvecs) == 1:
+            for nid, group in self._by_node(pfns):
+                self.lruvecs[nid].add_many(group, anon, shadows if len(self.lruvecs) == 1 else None)
+            return
+        for pfn, shadow in zip(pfns, shadows, strict=True):
+            self.lruvecs[self.node_of(pfn)].add(pfn, anon, shadow)
+
+    def lru_access(self, pfns: list[int]) -> None:
+        for nid, group in self._by_node(pfns):
+            self.lruvecs[nid].access_many(group)
+
+    def lru_remove(self, pfns: list[int]) -> None:
+        for nid, group in self._by_node(pfns):
+            lruvec = self.lruvecs[nid]
+            for pfn in group:
+                lruvec.remove(pfn)
+
+    def zone_lru_counts(self, zone: Zone) -> list[int]:
+        """Pages of each LRU list that sit in `zone` (zoneinfo's nr_zone_*: counted when read)."""
+        lruvec = self.lruvecs[zone.nid]
+        lo, hi = zone.start_pfn, zone.end_pfn
+        return [sum(1 for key in lst if lo <= key < hi) for lst in lruvec.lists]
 
     # --- counters ----------------------------------------------------------------------
 
@@ -343,11 +435,15 @@ class MemoryManager:
         # si_mem_available() can fall below MemFree when there is no file cache to count (this machine boots
         # with none), which tools and users read as a bug (procfs-sysfs.md §5.5, §7): keep MemFree <= it.
         available = min(max(available, free), a.totalram_pages)
-        swap_total, swap_free = n["swap_total_pages"], n["swap_free_pages"]
+        swap_total, swap_free = self.swap.total_pages, self.swap.free_pages
         totalram = a.totalram_pages
         h = self.hugetlb
         hugetlb_pages = h.total_pages()
-        commit_limit = (totalram - hugetlb_pages) * 50 // 100 + swap_total  # vm.overcommit_ratio = 50
+        t = self.tunables
+        if t.overcommit_kbytes:
+            commit_limit = t.overcommit_kbytes // kb + swap_total
+        else:
+            commit_limit = (totalram - hugetlb_pages) * t.overcommit_ratio // 100 + swap_total
         d = h.default
         dm = self.direct_map.mapped_kb
         return {

@@ -1,29 +1,37 @@
-"""Address spaces: the pages of one file, kept in frames of the simulated RAM.
+"""Address spaces of tmpfs files (shmem): a file's pages in frames of the simulated RAM, or in swap.
 
-Contract (the page cache of one inode, struct address_space):
-- `pages` maps a page index (file offset >> 12) to the PFN holding it. An index
-  that is absent is a hole and reads as zeros; nothing is allocated for it.
-- `write(offset, data)` allocates only the pages it touches, charging them to
-  the owner's quota first (ENOSPC, nothing changed) and to the memory manager
-  (ENOMEM, nothing changed); its cost is O(pages touched), never O(file size).
-- `read(offset, size)` returns the bytes; a range in consecutive frames comes
-  back as a view of RAM, valid only until the address space next changes
-  (the FUSE reply copies it at once), anything else as one joined copy.
-- `truncate(size)` frees every page wholly past `size` and zeroes the tail of
-  the page that straddles it, so a later extension reads zeros there.
-- `release()` frees everything; the address space must not be used after it.
+Contract (the page cache of one shmem inode, struct address_space):
+- `pages` maps a page index (file offset >> 12) to the PFN holding it or, once the page was
+  swapped out, to its SwapEntry (as shmem keeps swap entries in its mapping). An index that is
+  absent is a hole and reads as zeros; nothing is allocated for it.
+- `write(offset, data)` allocates only the pages it touches, charging them to the owner's quota
+  first (ENOSPC, nothing changed), then to memory (ENOMEM, nothing changed) and to the task
+  writing (RssShmem); swapped-out pages it touches come back first. Its cost is O(pages touched).
+- `read(offset, size)` returns the bytes; swapped-out pages in the range are brought back first
+  (demand paging: pgmajfault, pswpin, a refault the LRU learns from). A range in consecutive
+  frames comes back as a view of RAM, valid only until the address space next changes (the FUSE
+  reply copies it at once), anything else as one joined copy.
+- Every page touched counts as an access for the LRU (folio_mark_accessed).
+- `truncate(size)` frees every page and swap slot wholly past `size` and zeroes the tail of the
+  page that straddles it; `release()` frees everything, and the mapping must not be used after.
+- For reclaim (vmscan.Reclaimable): `pageout(pages)` writes a batch of pages to swap and says
+  which can go (a page in the range of the request in progress, a page with no free slot, a
+  failed write: kept); `drop(pages)` replaces them by their swap entries.
 
-Each resident page is counted in the node counters given as `account_items`
-(for tmpfs: shmem, file pages, inactive anon LRU), so /proc/meminfo follows
-page ownership without a second copy of the numbers.
+Resident pages are counted in the node counters given as `account_items` (Shmem, file pages)
+and sit on the anon LRU, so /proc/meminfo follows page ownership without a second copy.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Protocol
 
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
 from rinuxfs.mm.core import MemoryManager
+from rinuxfs.mm.swapfile import SwapEntry
+from rinuxfs.mm.vmscan import SwapPlug
 
 _PAGE_MASK = PAGE_SIZE - 1
 _ZERO_PAGE = bytes(PAGE_SIZE)
@@ -37,16 +45,41 @@ class PageQuota(Protocol):
 
 
 class AddressSpace:
+    anon = True  # swap-backed: its pages live on the anon LRU
+
     def __init__(self, mm: MemoryManager, quota: PageQuota, account_items: tuple[str, ...]) -> None:
         self.mm = mm
         self.quota = quota
         self.account_items = account_items
-        self.pages: dict[int, int] = {}
+        self.pages: dict[int, int | SwapEntry] = {}
+        self.nr_swapped = 0
+        self.shadows: dict[int, int] = {}  # index -> the LRU's shadow of a page that went to swap
+        self._pinned: list[tuple[int, int]] = []  # index ranges of the requests in progress
+        self._pending: dict[int, SwapEntry] = {}  # written to swap by pageout, awaiting drop
         self.mapping_id = mm.register_mapping(self)
 
     @property
     def nrpages(self) -> int:
+        """Pages in memory (a file's st_blocks counts these and its swapped pages)."""
+        return len(self.pages) - self.nr_swapped
+
+    @property
+    def nrblocks(self) -> int:
         return len(self.pages)
+
+    @contextlib.contextmanager
+    def _pin(self, first: int, last: int) -> Iterator[None]:
+        """Keep reclaim off the pages of this range while the request works on them (the page lock)."""
+        self._pinned.append((first, last))
+        try:
+            yield
+        finally:
+            self._pinned.pop()
+
+    def _is_pinned(self, index: int) -> bool:
+        return any(first <= index <= last for first, last in self._pinned)
+
+    # --- the request side ----------------------------------------------------------------
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         src = memoryview(data).cast("B")
@@ -55,16 +88,52 @@ class AddressSpace:
             return
         end = offset + length
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+        with self._pin(first, last):
+            self._make_present(first, last, offset, end)
+            ram = self.mm.ram.view
+            pos, done = offset, 0
+            touched: list[int] = []
+            for index, pfn, count in self._runs(first, last):
+                chunk = min(end, (index + count) << PAGE_SHIFT) - pos
+                phys = (pfn << PAGE_SHIFT) + (pos - (index << PAGE_SHIFT))  # type: ignore[operator]
+                ram[phys : phys + chunk] = src[done : done + chunk]
+                touched.extend(range(pfn, pfn + count))  # type: ignore[arg-type]
+                pos += chunk
+                done += chunk
+            self.mm.lru_access(touched)
+
+    def read(self, offset: int, size: int) -> bytes | memoryview:
+        if size <= 0:
+            return b""
+        end = offset + size
+        first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+        with self._pin(first, last):
+            if self.nr_swapped:
+                self._swapin([i for i in range(first, last + 1) if isinstance(self.pages.get(i), SwapEntry)])
+            ram = self.mm.ram.view
+            parts: list[bytes | memoryview] = []
+            touched: list[int] = []
+            pos = offset
+            for index, pfn, count in self._runs(first, last):
+                chunk = min(end, (index + count) << PAGE_SHIFT) - pos
+                if pfn is None:
+                    parts.append(bytes(chunk))
+                else:
+                    phys = (pfn << PAGE_SHIFT) + (pos - (index << PAGE_SHIFT))
+                    parts.append(ram[phys : phys + chunk])
+                    touched.extend(range(pfn, pfn + count))
+                pos += chunk
+            self.mm.lru_access(touched)
+        if len(parts) == 1:
+            return parts[0]  # zero-copy: the FUSE reply copies it out before anything can change the page
+        return b"".join(parts)
+
+    def _make_present(self, first: int, last: int, offset: int, end: int) -> None:
+        """Every page of first..last in a frame: swapped-out ones read back, holes allocated."""
+        if self.nr_swapped:
+            self._swapin([i for i in range(first, last + 1) if isinstance(self.pages.get(i), SwapEntry)])
         if None in map(self.pages.get, range(first, last + 1)):
             self._populate([i for i in range(first, last + 1) if i not in self.pages], offset, end)
-        ram = self.mm.ram.view
-        pos, done = offset, 0
-        for index, pfn, count in self._runs(first, last):
-            chunk = min(end, (index + count) << PAGE_SHIFT) - pos
-            phys = (pfn << PAGE_SHIFT) + (pos - (index << PAGE_SHIFT))  # type: ignore[operator]
-            ram[phys : phys + chunk] = src[done : done + chunk]
-            pos += chunk
-            done += chunk
 
     def _runs(self, first: int, last: int) -> list[tuple[int, int | None, int]]:
         """Pages first..last as runs (first index, first PFN or None for a hole, count) of consecutive frames.
@@ -76,27 +145,28 @@ class AddressSpace:
         pfns = list(map(self.pages.get, range(first, last + 1)))
         n = len(pfns)
         head = pfns[0]
-        if head is not None and pfns[-1] == head + n - 1 and pfns == list(range(head, head + n)):
+        if isinstance(head, int) and pfns[-1] == head + n - 1 and pfns == list(range(head, head + n)):
             return [(first, head, n)]
         runs: list[tuple[int, int | None, int]] = []
         start = 0
         for k in range(1, n + 1):
             if k < n:
                 prev, cur = pfns[k - 1], pfns[k]
-                if (prev is None and cur is None) or (prev is not None and cur == prev + 1):
+                if (prev is None and cur is None) or (isinstance(prev, int) and cur == prev + 1):
                     continue
-            runs.append((first + start, pfns[start], k - start))
+            runs.append((first + start, pfns[start], k - start))  # type: ignore[arg-type]
             start = k
         return runs
 
     def _populate(self, indexes: list[int], offset: int, end: int) -> None:
+        mm = self.mm
         self.quota.charge(len(indexes))
         try:
-            pfns = self.mm.alloc_pages(len(indexes))
+            pfns = mm.alloc_pages(len(indexes))
         except BaseException:
             self.quota.uncharge(len(indexes))
             raise
-        ram = self.mm.ram.view
+        ram = mm.ram.view
         first_partial = offset >> PAGE_SHIFT if offset & _PAGE_MASK else -1
         last_partial = (end - 1) >> PAGE_SHIFT if end & _PAGE_MASK else -1
         for index, pfn in zip(indexes, pfns, strict=True):
@@ -104,48 +174,104 @@ class AddressSpace:
             # A new page the write covers only in part must not show a freed frame's stale bytes.
             if index == first_partial or index == last_partial:
                 ram[pfn << PAGE_SHIFT : (pfn + 1) << PAGE_SHIFT] = _ZERO_PAGE
-        self.mm.account(self.account_items, pfns)
-        self.mm.memmap.set_owner(pfns, self.mapping_id, indexes)
+        mm.account(self.account_items, pfns)
+        mm.memmap.set_owner(pfns, self.mapping_id, indexes)
+        mm.charges.charge(mm.current_pid(), pfns)
+        mm.lru_add(pfns, anon=True)
 
-    def read(self, offset: int, size: int) -> bytes | memoryview:
-        if size <= 0:
-            return b""
-        end = offset + size
-        first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
-        ram = self.mm.ram.view
-        parts: list[bytes | memoryview] = []
-        pos = offset
-        for index, pfn, count in self._runs(first, last):
-            chunk = min(end, (index + count) << PAGE_SHIFT) - pos
-            if pfn is None:
-                parts.append(bytes(chunk))
-            else:
-                phys = (pfn << PAGE_SHIFT) + (pos - (index << PAGE_SHIFT))
-                parts.append(ram[phys : phys + chunk])
-            pos += chunk
-        if len(parts) == 1:
-            return parts[0]  # zero-copy: the FUSE reply copies it out before anything can change the page
-        return b"".join(parts)
+    def _swapin(self, indexes: list[int]) -> None:
+        """Bring swapped-out pages back (shmem_swapin_folio): the slots are freed, the charge comes back."""
+        if not indexes:
+            return
+        mm = self.mm
+        entries: list[SwapEntry] = [self.pages[i] for i in indexes]  # type: ignore[misc]
+        pfns = mm.swap_cache.swapin(entries)
+        for index, pfn in zip(indexes, pfns, strict=True):
+            self.pages[index] = pfn
+        self.nr_swapped -= len(indexes)
+        mm.account(self.account_items, pfns)
+        mm.memmap.set_owner(pfns, self.mapping_id, indexes)
+        mm.charges.from_swap(list(entries), pfns)
+        mm.swap.swap_free(entries)
+        mm.lru_add(pfns, anon=True, shadows=[self.shadows.pop(i, None) for i in indexes])
+
+    # --- truncate and release ------------------------------------------------------------
 
     def truncate(self, size: int) -> None:
         keep = (size + _PAGE_MASK) >> PAGE_SHIFT
         gone = [i for i in self.pages if i >= keep]
         if gone:
-            self._free([self.pages.pop(i) for i in gone])
+            self._free(gone)
+        for i in [i for i in self.shadows if i >= keep]:
+            del self.shadows[i]
         if size & _PAGE_MASK:
-            pfn = self.pages.get(size >> PAGE_SHIFT)
-            if pfn is not None:
+            index = size >> PAGE_SHIFT
+            if isinstance(self.pages.get(index), SwapEntry):
+                with self._pin(index, index):
+                    self._swapin([index])
+            pfn = self.pages.get(index)
+            if isinstance(pfn, int):
                 start = (pfn << PAGE_SHIFT) + (size & _PAGE_MASK)
                 self.mm.ram.view[start : (pfn + 1) << PAGE_SHIFT] = _ZERO_PAGE[: PAGE_SIZE - (size & _PAGE_MASK)]
 
     def release(self) -> None:
-        pfns = list(self.pages.values())
-        self.pages.clear()
-        self._free(pfns)
+        self._free(list(self.pages))
+        self.shadows.clear()
 
-    def _free(self, pfns: list[int]) -> None:
-        if not pfns:
+    def _free(self, indexes: list[int]) -> None:
+        if not indexes:
             return
-        self.mm.account(self.account_items, pfns, -1)
-        self.mm.free_pages(pfns)
-        self.quota.uncharge(len(pfns))
+        mm = self.mm
+        pfns: list[int] = []
+        entries: list[SwapEntry] = []
+        for i in indexes:
+            v = self.pages.pop(i)
+            if isinstance(v, SwapEntry):
+                entries.append(v)
+            else:
+                pfns.append(v)
+        if pfns:
+            mm.lru_remove(pfns)
+            mm.account(self.account_items, pfns, -1)
+            mm.charges.uncharge(pfns)
+            mm.free_pages(pfns)
+        if entries:
+            self.nr_swapped -= len(entries)
+            for e in entries:
+                mm.swap_cache.forget(e)
+            mm.charges.uncharge_swap(list(entries))
+            mm.swap.swap_free(entries)
+        self.quota.uncharge(len(indexes))
+
+    # --- the reclaim side ----------------------------------------------------------------
+
+    def pageout(self, pages: list[tuple[int, int]], plug: SwapPlug) -> list[bool]:
+        """shmem_writeout for a batch: a slot for each page, its write queued on the reclaim pass's plug."""
+        mm = self.mm
+        candidates = [(i, pfn) for i, pfn in pages if self.pages.get(i) == pfn and not self._is_pinned(i)]
+        entries = mm.swap.get_swap_pages(len(candidates))
+        ok: set[int] = set()
+        for (index, pfn), entry in zip(candidates, entries, strict=False):
+            self._pending[index] = entry
+            plug.add(entry, pfn)
+            ok.add(index)
+        return [index in ok and self.pages.get(index) == pfn for index, pfn in pages]
+
+    def writeout_failed(self, index: int) -> None:
+        """The page's swap write failed: it stays, dirty; its slot is given back."""
+        entry = self._pending.pop(index)
+        self.mm.swap.swap_free([entry])
+
+    def drop(self, pages: list[tuple[int, int, int]]) -> None:
+        mm = self.mm
+        pfns = [pfn for _, pfn, _ in pages]
+        entries = []
+        for index, _pfn, shadow in pages:
+            entry = self._pending.pop(index)
+            self.pages[index] = entry
+            self.shadows[index] = shadow
+            entries.append(entry)
+        self.nr_swapped += len(pages)
+        mm.account(self.account_items, pfns, -1)
+        mm.charges.to_swap(pfns, entries)
+        mm.free_pages(pfns)

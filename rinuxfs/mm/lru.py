@@ -6,13 +6,17 @@ Contract (the same whether the caller is reclaim in the daemon or the replay too
 - `add(key, anon, shadow)` puts a new page on its inactive list (folio_add_lru), unless its
   `shadow` (what `evict` returned when an earlier copy of the page left) says it was part of the
   working set: then it starts active (workingset_refault/activate), and the refault is counted.
+- `add_many(keys, anon, shadows)` and `access_many(keys)` do the same for a batch, as fast as the
+  lists allow (one request brings in or touches up to 256 pages).
 - `access(key)` is a hit (folio_mark_accessed): a first access sets the referenced bit, a second
   one on the inactive list promotes the page to active (pgactivate).
 - `remove(key)` takes out a page its owner freed (truncate, unlink): no shadow, no counters.
 - `isolate(anon, nr)` takes up to `nr` reclaim candidates from the tail of the inactive list
-  (shrink_inactive_list); pages found referenced are rotated or activated instead, and every
-  page looked at counts as scanned. Before isolating, the active list is aged into the inactive
-  one while `inactive_is_low` (shrink_active_list: pgrefill, pgdeactivate).
+  (shrink_inactive_list); every page looked at counts as scanned. The pages here are page cache
+  that no process maps, so a page's referenced bit does not keep it (folio_check_references):
+  what protects a page is a second access, which has already moved it to the active list.
+  Before isolating, the active list is aged into the inactive one while `inactive_is_low`
+  (shrink_active_list: pgrefill, pgdeactivate).
 - The caller then tries to free each candidate. For each one it frees, it calls `evict(key)`
   and keeps the shadow it returns where the page was (the page cache slot); for each it could
   not free (dirty and unwritable, swap full, I/O error) it calls `putback(keys, activate)`.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from itertools import islice
 
 LRU_INACTIVE_ANON, LRU_ACTIVE_ANON, LRU_INACTIVE_FILE, LRU_ACTIVE_FILE, LRU_UNEVICTABLE = range(5)
 LRU_NAMES = ("inactive_anon", "active_anon", "inactive_file", "active_file", "unevictable")
@@ -101,6 +106,23 @@ class Lruvec:
         workingset += self.nr(LRU_ACTIVE_ANON) + (0 if anon else self.nr(LRU_INACTIVE_ANON))
         return distance <= workingset
 
+    def add_many(self, keys: list[int], anon: bool, shadows: list[int | None] | None = None) -> None:
+        """`add` for a batch: what a request that brings in many pages at once calls."""
+        if shadows is not None and any(sh is not None for sh in shadows):
+            for key, shadow in zip(keys, shadows, strict=True):
+                self.add(key, anon, shadow)
+            return
+        lru = _lru(anon, False)
+        self.lists[lru].update(dict.fromkeys(keys, 0))
+        self.where.update(dict.fromkeys(keys, lru))
+        if self.on_change is not None:
+            self.on_change(lru, len(keys))
+
+    def access_many(self, keys: list[int]) -> None:
+        """`access` for each key, in order."""
+        for key in keys:
+            self.access(key)
+
     def access(self, key: int) -> None:
         lru = self.where.get(key)
         if lru is None or lru == LRU_UNEVICTABLE:
@@ -130,7 +152,7 @@ class Lruvec:
         """shrink_active_list: move up to nr pages from the active tail to the inactive head."""
         active = self.lists[_lru(anon, True)]
         moved = 0
-        for key in list(active)[:nr]:
+        for key in list(islice(active, nr)):
             self.events["pgrefill"] += 1
             self._take(key)
             self._put(key, _lru(anon, False))
@@ -142,19 +164,12 @@ class Lruvec:
             self._age_active(anon, max(nr, 32))
         inactive = self.lists[_lru(anon, False)]
         taken: list[int] = []
-        scanned = 0
-        while inactive and len(taken) < nr and scanned < 4 * nr:
-            key, flags = next(iter(inactive.items()))
-            scanned += 1
-            if flags & _REFERENCED:
-                # A page used once since it came in gets one more round, at the head of the list.
-                self._take(key)
-                self._put(key, _lru(anon, False))
-                self.events["pgrotated"] += 1
-                continue
+        for key in list(islice(inactive, nr)):
+            # Page cache that no process maps: a referenced bit alone does not save it
+            # (folio_check_references); a second access has already moved it to the active list.
             self._take(key)
             taken.append(key)
-        self.events[f"pgscan_{'anon' if anon else 'file'}"] += scanned
+        self.events[f"pgscan_{'anon' if anon else 'file'}"] += len(taken)
         return taken
 
     def putback(self, keys: list[int], anon: bool, activate: bool = False) -> None:

@@ -8,12 +8,13 @@ Contract:
   (a double free) raises BadPageState.
 - `set_owner(pfns, mapping, indexes)` records which page-cache mapping and
   index a page holds (what reclaim needs to find a page's owner), and
-  `owner(pfn)` reads it back; `flags`/`set_flags`/`clear_flags` the PG_ bits.
+  `owner(pfn)` reads it back; `set_memcg`/`memcg` whom a page is charged to;
+  `flags`/`set_flags`/`clear_flags` the PG_ bits.
 
 Storage is sparse, like SPARSEMEM_VMEMMAP populating its memmap on demand:
 RAM is cut into sections of 512 frames (2 MiB), and a section's arrays exist
-while at least one of its frames is allocated: 14 bytes a frame (flags u16,
-mapping id u32, index u64), nothing for free memory. Work is per run of
+while at least one of its frames is allocated: 18 bytes a frame (flags u16,
+mapping id u32, index u64, charged task u32), nothing for free memory. Work is per run of
 frames, so a large allocation costs a slice assignment per section.
 """
 
@@ -54,12 +55,13 @@ class BadPageState(Exception):
 
 
 class _Section:
-    __slots__ = ("flags", "mapping", "index", "used")
+    __slots__ = ("flags", "mapping", "index", "memcg", "used")
 
     def __init__(self) -> None:
         self.flags = array("H", bytes(2 * SECTION_PAGES))
         self.mapping = array("I", bytes(4 * SECTION_PAGES))
         self.index = array("q", bytes(8 * SECTION_PAGES))
+        self.memcg = array("I", bytes(4 * SECTION_PAGES))
         self.used = 0
 
 
@@ -106,6 +108,7 @@ class MemMap:
                     continue
                 section.flags[slot : slot + count] = array("H", bytes(2 * count))
                 section.mapping[slot : slot + count] = array("I", bytes(4 * count))
+                section.memcg[slot : slot + count] = array("I", bytes(4 * count))
 
     def is_allocated(self, pfn: int) -> bool:
         section = self.sections.get(pfn >> SECTION_SHIFT)
@@ -146,6 +149,15 @@ class MemMap:
             section.mapping[pfn & _MASK] = mapping
             section.index[pfn & _MASK] = index
 
+    def set_memcg(self, pfns: list[int], charged: int) -> None:
+        """Whom a page is charged to (page->memcg_data; here the pid of the task that allocated it)."""
+        for pfn in pfns:
+            self.sections[pfn >> SECTION_SHIFT].memcg[pfn & _MASK] = charged
+
+    def memcg(self, pfns: list[int]) -> list[int]:
+        sections = self.sections
+        return [sections[pfn >> SECTION_SHIFT].memcg[pfn & _MASK] for pfn in pfns]
+
     def owner(self, pfn: int) -> tuple[int, int]:
         """(mapping id, index) of a page; mapping 0 means none."""
         section = self.sections.get(pfn >> SECTION_SHIFT)
@@ -155,7 +167,7 @@ class MemMap:
 
     def nbytes(self) -> int:
         """What the struct pages cost the host (the arrays; object headers aside)."""
-        return len(self.sections) * SECTION_PAGES * 14
+        return len(self.sections) * SECTION_PAGES * 18
 
 
 def _first_set(section: _Section, slot: int, count: int, sec: int) -> int:

@@ -7,9 +7,12 @@ kernel built without that feature would leave it.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from rinuxfs.mm.buddy import NR_PAGE_ORDERS, PAGEBLOCK_ORDER
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.mm.page_alloc import Node, Zone
+from rinuxfs.mm.writeback import dirty_limits
 
 VMSTAT_ITEMS = (
     "nr_free_pages",
@@ -220,18 +223,6 @@ ZONE_EVENT_NAMES = ("dma", "dma32", "normal", "movable", "device")
 NUMA_EVENTS = ("numa_hit", "numa_miss", "numa_foreign", "numa_interleave", "numa_local", "numa_other")
 
 
-def dirty_thresholds(mm: MemoryManager) -> tuple[int, int]:
-    """(background, dirty) thresholds in pages, as global_dirty_limits() computes them with the default ratios."""
-    a, node = mm.allocator, mm.node
-    free = a.nr_free_pages
-    dirtyable = free - min(free, a.totalreserve_pages) + node["nr_inactive_file"] + node["nr_active_file"]
-    thresh = dirtyable * 20 // 100  # vm.dirty_ratio
-    bg = dirtyable * 10 // 100  # vm.dirty_background_ratio
-    if bg >= thresh:
-        bg = thresh // 2
-    return bg, thresh
-
-
 def free_pages_blocks(zones: list[Zone]) -> int:
     """Free pages in blocks of pageblock order or more (NR_FREE_PAGES_BLOCKS, 6.18)."""
     total = 0
@@ -245,7 +236,7 @@ def vmstat(mm: MemoryManager) -> list[tuple[str, int]]:
     node, events, alloc = mm.node, mm.events, mm.allocator
     zones = list(alloc.zones())
     free = alloc.nr_free_pages
-    bg, thresh = dirty_thresholds(mm)
+    bg, thresh = dirty_limits(mm)
     derived = {
         "nr_free_pages": free,
         "nr_free_pages_blocks": free_pages_blocks(zones),
@@ -262,13 +253,16 @@ def vmstat(mm: MemoryManager) -> list[tuple[str, int]]:
         derived[f"pgalloc_{zname}"] = sum(z.stat["pgalloc"] for z in zones if z.idx == idx)
     for name, value in mm.hugetlb.events.items():
         derived[name] = value
+    lru_events: Counter[str] = Counter()
+    for lruvec in mm.lruvecs:
+        lru_events.update(lruvec.events)
     rows = []
     for name in VMSTAT_ITEMS:
         if name in derived:
             value = derived[name]
         else:
             key = _ALIASES.get(name, name)
-            value = node[key] if key in node else events[key]
+            value = node[key] if key in node else events[key] + lru_events[key]
         rows.append((name, max(0, value)))
     return rows
 
@@ -277,6 +271,8 @@ ZONE_STAT_ITEMS = VMSTAT_ITEMS[: VMSTAT_ITEMS.index("nr_free_cma") + 1]
 NODE_STAT_ITEMS = VMSTAT_ITEMS[VMSTAT_ITEMS.index("nr_inactive_anon") : VMSTAT_ITEMS.index("nr_kernel_file_pages") + 1]
 _NODE_ALIASES = {"nr_slab_reclaimable": "nr_slab_reclaimable_pages",
                  "nr_slab_unreclaimable": "nr_slab_unreclaimable_pages"}
+_ZONE_LRU = {"nr_zone_inactive_anon": 0, "nr_zone_active_anon": 1, "nr_zone_inactive_file": 2,
+             "nr_zone_active_file": 3, "nr_zone_unevictable": 4}
 _ZONE_ALIASES = {"nr_zone_inactive_anon": "nr_inactive_anon", "nr_zone_active_anon": "nr_active_anon",
                  "nr_zone_inactive_file": "nr_inactive_file", "nr_zone_active_file": "nr_active_file",
                  "nr_zone_unevictable": "nr_unevictable"}
@@ -288,7 +284,9 @@ def node_stat_value(mm: MemoryManager, node: Node, name: str) -> int:
     return max(0, node.stat[_NODE_ALIASES.get(name, name)])
 
 
-def zone_stat_value(zone: Zone, name: str) -> int:
+def zone_stat_value(mm: MemoryManager, zone: Zone, name: str) -> int:
+    if name in _ZONE_LRU:
+        return mm.zone_lru_counts(zone)[_ZONE_LRU[name]]
     if name == "nr_free_pages":
         return zone.nr_free
     if name == "nr_free_pages_blocks":

@@ -179,7 +179,11 @@ def test_writing_more_than_memory_throttles_instead_of_failing(ctrl: Controller,
                 assert f.write(data[pos:pos + MIB]) == MIB
             os.fsync(f.fileno())
             assert "Dirty:                 0 kB" in (m / "proc/meminfo").read_text()
-        assert diskstats(m)[ctrl.disk][6] == 32 * MIB // SECTOR  # every sector written exactly once
+        # Every sector written once, but for pages two FUSE requests share (the host cuts a write whose
+        # buffer is not page-aligned into unaligned pieces): when writeback comes between the two
+        # pieces, such a page is written twice, as it would be on Linux. At most one per MiB.
+        written = diskstats(m)[ctrl.disk][6]
+        assert 32 * MIB // SECTOR <= written <= 32 * MIB // SECTOR + 32 * 8
     assert sha(scratch.read_bytes()) == sha(data)
 
 

@@ -79,7 +79,7 @@ def render_node_numastat(mm: MemoryManager, nid: int) -> str:
 
 def render_node_vmstat(mm: MemoryManager, nid: int) -> str:
     node = mm.allocator.nodes[nid]
-    rows = [(name, sum(zone_stat_value(z, name) for z in node.zones if z.populated)) for name in ZONE_STAT_ITEMS]
+    rows = [(name, sum(zone_stat_value(mm, z, name) for z in node.zones if z.populated)) for name in ZONE_STAT_ITEMS]
     rows += [(name, sum(z.stat[name] for z in node.zones)) for name in NUMA_EVENTS]
     rows += [(name, node_stat_value(mm, node, name)) for name in NODE_STAT_ITEMS]
     return "".join(f"{name} {value}\n" for name, value in rows)

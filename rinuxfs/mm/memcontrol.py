@@ -1,0 +1,61 @@
+"""Charges: which task pays for which tmpfs page and swap slot, as the memory cgroup charges shmem.
+
+Contract:
+- `charge(pid, pfns)` charges new pages to a task (MM_SHMEMPAGES / RssShmem); `uncharge(pfns)`
+  takes the charge of pages being freed back from whoever holds it.
+- `to_swap(pfns, slots)` moves the charge of pages going to swap onto their slots (VmSwap,
+  MM_SWAPENTS) and `from_swap(slots, pfns)` moves it back when they return; `uncharge_swap`
+  drops the charge of slots being freed.
+- A task that has exited keeps nothing: its charges stay counted under its pid until the pages
+  go, but it is no longer in the task table, so the OOM killer never sees it.
+Per-page ownership lives in the struct pages (memmap.memcg) and per-slot ownership in `slots`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rinuxfs.mm.memmap import MemMap
+
+
+class Charges:
+    def __init__(self, memmap: MemMap) -> None:
+        self.memmap = memmap
+        self.rss_shmem: Counter[int] = Counter()
+        self.swapents: Counter[int] = Counter()
+        self.slots: dict[object, int] = {}  # swap entry -> pid charged for it
+
+    def charge(self, pid: int, pfns: list[int]) -> None:
+        if pfns:
+            self.memmap.set_memcg(pfns, pid)
+            self.rss_shmem[pid] += len(pfns)
+
+    def uncharge(self, pfns: list[int]) -> None:
+        for pid, n in Counter(self.memmap.memcg(pfns)).items():
+            self._drop(self.rss_shmem, pid, n)
+
+    def to_swap(self, pfns: list[int], slots: list[object]) -> None:
+        owners = self.memmap.memcg(pfns)
+        for pid, slot in zip(owners, slots, strict=True):
+            self.slots[slot] = pid
+        for pid, n in Counter(owners).items():
+            self._drop(self.rss_shmem, pid, n)
+            self.swapents[pid] += n
+
+    def from_swap(self, slots: list[object], pfns: list[int]) -> None:
+        owners = [self.slots.pop(slot, 0) for slot in slots]
+        for pid, pfn in zip(owners, pfns, strict=True):
+            self.memmap.set_memcg([pfn], pid)
+        for pid, n in Counter(owners).items():
+            self._drop(self.swapents, pid, n)
+            self.rss_shmem[pid] += n
+
+    def uncharge_swap(self, slots: list[object]) -> None:
+        for pid, n in Counter(self.slots.pop(slot, 0) for slot in slots).items():
+            self._drop(self.swapents, pid, n)
+
+    @staticmethod
+    def _drop(counter: Counter[int], pid: int, n: int) -> None:
+        counter[pid] -= n
+        if counter[pid] <= 0:
+            del counter[pid]

@@ -1,0 +1,96 @@
+"""Swap I/O (mm/page_io.c): pages written to and read from their slots, through the block layer.
+
+Contract:
+- `swap_writepages(areas, pages, log)` writes each (entry, pfn) to its slot and returns the
+  entries whose write failed (their pages must stay in memory, dirty). Slots of one area
+  that follow each other go out as one bio, and the bios of a batch are submitted together
+  so the queue merges them: a reclaim batch is one request, not one per page.
+- `swap_readpages(areas, pages, log)` reads each (entry, pfn) from its slot; a failed read
+  raises KernelError(EIO) after logging the kernel's line.
+- A slot's bytes are at sector (offset * 8) of the swap partition: slot 0 is the header page,
+  which is never written. Failures are logged as the kernel logs them, one line per page, with
+  the whole disk's device number and sector: "Write-error on swap-device (259:0:329728)".
+- pswpin/pswpout count pages at submission, failed ones included, as Linux counts them.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import Counter
+from collections.abc import Iterable
+
+from rinuxfs.block.bio import Bio, ReqOp
+from rinuxfs.errors import KernelError
+from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
+from rinuxfs.mm.swapfile import SwapAreas, SwapEntry, SwapInfo
+from rinuxfs.printk import KERN_ALERT, KernelLog
+
+SECTORS_PER_PAGE = PAGE_SIZE >> 9
+
+
+def _runs(pages: Iterable[tuple[SwapEntry, int]]) -> list[tuple[int, list[tuple[SwapEntry, int]]]]:
+    """(area type, [(entry, pfn), ...]) runs of consecutive slots of one area, in slot order."""
+    runs: list[tuple[int, list[tuple[SwapEntry, int]]]] = []
+    for entry, pfn in sorted(pages):
+        if runs and runs[-1][0] == entry.type and runs[-1][1][-1][0].offset + 1 == entry.offset:
+            runs[-1][1].append((entry, pfn))
+        else:
+            runs.append((entry.type, [(entry, pfn)]))
+    return runs
+
+
+def _bio(op: ReqOp, run: list[tuple[SwapEntry, int]]) -> Bio:
+    segments: list[tuple[int, int]] = []
+    for _, pfn in run:
+        addr = pfn << PAGE_SHIFT
+        if segments and segments[-1][0] + segments[-1][1] == addr:
+            segments[-1] = (segments[-1][0], segments[-1][1] + PAGE_SIZE)
+        else:
+            segments.append((addr, PAGE_SIZE))
+    return Bio(op, run[0][0].offset * SECTORS_PER_PAGE, len(run) * SECTORS_PER_PAGE, segments)
+
+
+def _whole_disk_sector(area: SwapInfo, entry: SwapEntry) -> int:
+    return area.bdev.start_sect + entry.offset * SECTORS_PER_PAGE
+
+
+def _log_errors(log: KernelLog, what: str, area: SwapInfo, run: list[tuple[SwapEntry, int]]) -> None:
+    major, minor = area.bdev.disk.whole.devt
+    for entry, _ in run:
+        log.printk(KERN_ALERT, f"{what}-error on swap-device ({major}:{minor}:{_whole_disk_sector(area, entry)})")
+
+
+def _submit(areas: SwapAreas, op: ReqOp, pages: list[tuple[SwapEntry, int]], log: KernelLog,
+            events: Counter[str]) -> list[SwapEntry]:
+    """Submit the runs of one batch; the entries of the runs that failed."""
+    failed: list[SwapEntry] = []
+    events["pswpout" if op == ReqOp.WRITE else "pswpin"] += len(pages)
+    by_area: dict[int, list[list[tuple[SwapEntry, int]]]] = {}
+    for area_type, run in _runs(pages):
+        by_area.setdefault(area_type, []).append(run)
+    for area_type, runs in by_area.items():
+        area = areas.area(SwapEntry(area_type, 0))
+        try:
+            area.bdev.submit([_bio(op, run) for run in runs])
+            continue
+        except KernelError:
+            pass
+        # Which run failed: retry them one by one, as each would have been its own bio's completion.
+        for run in runs:
+            try:
+                area.bdev.submit([_bio(op, run)])
+            except KernelError:
+                _log_errors(log, "Write" if op == ReqOp.WRITE else "Read", area, run)
+                failed += [entry for entry, _ in run]
+    return failed
+
+
+def swap_writepages(areas: SwapAreas, pages: list[tuple[SwapEntry, int]], log: KernelLog,
+                    events: Counter[str]) -> list[SwapEntry]:
+    return _submit(areas, ReqOp.WRITE, pages, log, events) if pages else []
+
+
+def swap_readpages(areas: SwapAreas, pages: list[tuple[SwapEntry, int]], log: KernelLog,
+                   events: Counter[str]) -> None:
+    if pages and _submit(areas, ReqOp.READ, pages, log, events):
+        raise KernelError(errno.EIO, "read error on swap device")

@@ -1,0 +1,135 @@
+"""The swap cache and swap-in (mm/swap_state.c): bringing swapped-out pages back, with readahead.
+
+Contract:
+- `swapin(entries)` returns a frame holding each entry's page: one already in the swap cache
+  (read ahead earlier: a swap_ra_hit), else read from the device. Pages read for the request
+  itself leave the swap cache at once, as shmem_swapin_folio takes them; the slots around them
+  (2^page-cluster slots, aligned, as swap_cluster_readahead reads) that are in use and not cached
+  yet are read in the same batch into new swap-cache pages (swap_ra), which wait on the anon LRU
+  for their mapping to ask for them, or for reclaim to drop them (they are clean: nothing to
+  write). A failed read raises EIO and leaves every slot as it was.
+- `take(entry)` hands a cached page to its mapping (it leaves the cache, SWAP_HAS_CACHE clears);
+  `forget(entry)` drops a cached page whose slot is being freed.
+- The cache is a Reclaimable mapping of its own: struct pages of cached pages name it, with the
+  slot as their index, so reclaim finds and drops them like any clean cache page.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rinuxfs.mm.page_io import swap_readpages
+from rinuxfs.mm.swapfile import SWAP_HAS_CACHE, SWAP_MAP_BAD, SwapEntry
+
+if TYPE_CHECKING:
+    from rinuxfs.mm.core import MemoryManager
+    from rinuxfs.printk import KernelLog
+
+SWAP_CACHE_ITEMS = ("nr_swapcached", "nr_file_pages")
+_TYPE_SHIFT = 40
+
+
+def encode(entry: SwapEntry) -> int:
+    return entry.type << _TYPE_SHIFT | entry.offset
+
+
+def decode(index: int) -> SwapEntry:
+    return SwapEntry(index >> _TYPE_SHIFT, index & ((1 << _TYPE_SHIFT) - 1))
+
+
+class SwapCache:
+    anon = True
+
+    def __init__(self, mm: MemoryManager, log: KernelLog) -> None:
+        self.mm = mm
+        self.log = log
+        self.pages = mm.swap.cache  # entry -> pfn
+        self.mapping_id = mm.register_mapping(self)
+
+    # --- swap-in -------------------------------------------------------------------------
+
+    def swapin(self, entries: list[SwapEntry]) -> list[int]:
+        mm = self.mm
+        cached = [e for e in entries if e in self.pages]
+        mm.events["swap_ra_hit"] += len(cached)
+        wanted = [e for e in entries if e not in self.pages]
+        ahead = self._readahead_window(wanted, set(entries))
+        if wanted or ahead:
+            fresh = mm.alloc_pages(len(wanted) + len(ahead))
+            try:
+                swap_readpages(mm.swap, list(zip(wanted + ahead, fresh, strict=True)), self.log, mm.events)
+            except BaseException:
+                mm.free_pages(fresh)
+                raise
+            ra_pfns = fresh[len(wanted):]
+            if ahead:
+                self._insert(ahead, ra_pfns)
+                mm.events["swap_ra"] += len(ahead)
+            by_entry = dict(zip(wanted, fresh[: len(wanted)], strict=True))
+        else:
+            by_entry = {}
+        for e in cached:
+            by_entry[e] = self.take(e)
+        return [by_entry[e] for e in entries]
+
+    def _readahead_window(self, wanted: list[SwapEntry], asked: set[SwapEntry]) -> list[SwapEntry]:
+        """The in-use, uncached slots of the aligned 2^page-cluster windows around the wanted ones."""
+        cluster = 1 << self.mm.tunables.page_cluster
+        if cluster <= 1 or not wanted:
+            return []
+        ahead: dict[SwapEntry, None] = {}
+        windows = {(e.type, e.offset & ~(cluster - 1)) for e in wanted}
+        for area_type, start in sorted(windows):
+            area = self.mm.swap.areas[area_type]
+            assert area is not None
+            for off in range(start, min(start + cluster, area.maxpages)):
+                cand = SwapEntry(area_type, off)
+                if cand in asked or cand in self.pages:
+                    continue
+                count = area.count(off)
+                if count and count != SWAP_MAP_BAD and not count & SWAP_HAS_CACHE:
+                    ahead[cand] = None
+        return list(ahead)
+
+    def _insert(self, entries: list[SwapEntry], pfns: list[int]) -> None:
+        mm = self.mm
+        for e, pfn in zip(entries, pfns, strict=True):
+            self.pages[e] = pfn
+            mm.swap.area(e).set_flag(e.offset, SWAP_HAS_CACHE, True)
+        mm.account(SWAP_CACHE_ITEMS, pfns)
+        mm.memmap.set_owner(pfns, self.mapping_id, [encode(e) for e in entries])
+        mm.lru_add(pfns, anon=True)
+
+    def take(self, entry: SwapEntry) -> int:
+        """A cached page leaves the cache for its mapping (it stays on the LRU, now the mapping's)."""
+        pfn = self.pages.pop(entry)
+        self.mm.swap.area(entry).set_flag(entry.offset, SWAP_HAS_CACHE, False)
+        self.mm.account(SWAP_CACHE_ITEMS, [pfn], -1)
+        self.mm.lru_remove([pfn])
+        return pfn
+
+    def forget(self, entry: SwapEntry) -> None:
+        if entry in self.pages:
+            pfn = self.take(entry)
+            self.mm.free_pages([pfn])
+
+    # --- reclaim -------------------------------------------------------------------------
+
+    def writeout_failed(self, index: int) -> None:
+        """Never called: swap-cache pages are clean."""
+
+    def pageout(self, pages: list[tuple[int, int]], plug: object = None) -> list[bool]:
+        # Clean copies of what the slots hold: droppable as they are.
+        return [decode(index) in self.pages for index, _ in pages]
+
+    def drop(self, pages: list[tuple[int, int, int]]) -> None:
+        mm = self.mm
+        pfns = []
+        for index, pfn, _shadow in pages:
+            entry = decode(index)
+            if self.pages.get(entry) == pfn:
+                del self.pages[entry]
+                mm.swap.area(entry).set_flag(entry.offset, SWAP_HAS_CACHE, False)
+                pfns.append(pfn)
+        mm.account(SWAP_CACHE_ITEMS, pfns, -1)
+        mm.free_pages(pfns)
