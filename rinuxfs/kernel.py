@@ -57,6 +57,7 @@ from rinuxfs.mm.memblock import (
 )
 from rinuxfs.mm.mm_sysfs import register_mm_sysfs
 from rinuxfs.mm.oom_kill import OomKiller
+from rinuxfs.mm.swap_header import MIN_SWAP_PAGES
 from rinuxfs.mm.writeback import flusher
 from rinuxfs.printk import KERN_EMERG, KERN_NOTICE, KernelLog, LogRecord
 from rinuxfs.psi import Psi
@@ -405,6 +406,10 @@ class Kernel:
 
     def swapon(self, bdev: BlockDevice, prio: int | None) -> bool:
         """Activate a swap partition; a bad header leaves it unused, with the kernel's reason in the log."""
+        if bdev.size_bytes < MIN_SWAP_PAGES * PAGE_SIZE:  # swapon(8)'s check, before it asks the kernel
+            self.log.err(f"swapon: /dev/{bdev.name}: swap space needs to be at least "
+                         f"{MIN_SWAP_PAGES * PAGE_SIZE // 1024} KiB")
+            return False
         try:
             header = self.bdev_mappings[bdev.name].read(0, PAGE_SIZE)
             solid = not bdev.disk.queue.limits.rotational

@@ -23,16 +23,15 @@ Contract (the address_space of a bdev inode; what `Buffers` counts in meminfo):
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import time
-from collections.abc import Iterator
 
 from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp
 from rinuxfs.block.genhd import BlockDevice
 from rinuxfs.errors import KernelError
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
 from rinuxfs.mm.core import MemoryManager
+from rinuxfs.mm.pagelock import PageLocks
 from rinuxfs.mm.writeback import dirty_limits
 
 _PAGE_MASK = PAGE_SIZE - 1
@@ -48,23 +47,12 @@ class BlockDeviceMapping:
         self.pages: dict[int, int] = {}  # index -> pfn
         self.dirty: dict[int, float] = {}  # index -> when it became dirty (monotonic s), oldest first
         self.shadows: dict[int, int] = {}  # index -> the LRU's shadow of a page reclaim dropped
-        self._pinned: list[tuple[int, int]] = []
+        self.locks = PageLocks()
         self.mapping_id = mm.register_mapping(self)
 
     @property
     def size(self) -> int:
         return self.bdev.size_bytes
-
-    @contextlib.contextmanager
-    def _pin(self, first: int, last: int) -> Iterator[None]:
-        self._pinned.append((first, last))
-        try:
-            yield
-        finally:
-            self._pinned.pop()
-
-    def _is_pinned(self, index: int) -> bool:
-        return any(first <= index <= last for first, last in self._pinned)
 
     # --- filling the cache ---------------------------------------------------------------
 
@@ -83,7 +71,7 @@ class BlockDeviceMapping:
         """
         ra_last = min(ra_last, first + max(last - first + 1, self.mm.allocator.nr_free_pages // 2) - 1)
         try:
-            with self._pin(first, ra_last):
+            with self.locks.hold(first, ra_last):
                 self._populate(first, ra_last)
         except KernelError as e:
             if e.errno != errno.ENOMEM:
@@ -139,7 +127,7 @@ class BlockDeviceMapping:
             return b""
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         ra_last = min((end - 1 + readahead) >> PAGE_SHIFT, (self.size - 1) >> PAGE_SHIFT)
-        with self._pin(first, last):
+        with self.locks.hold(first, last):
             if ra_last > last:
                 self._readahead(first, last, ra_last)
             self._populate(first, last)  # a no-op unless there was no readahead or it fell short
@@ -169,7 +157,7 @@ class BlockDeviceMapping:
             return 0
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         self._balance_dirty_pages(last - first + 1)
-        with self._pin(first, last):
+        with self.locks.hold(first, last):
             # Pages written only in part must hold the device's bytes around the write.
             if offset & _PAGE_MASK:
                 self._populate(first, first)
@@ -270,7 +258,7 @@ class BlockDeviceMapping:
 
     def pageout(self, pages: list[tuple[int, int]], plug: object = None) -> list[bool]:
         """Which of these pages can go: clean ones at once, dirty ones once written (pageout)."""
-        live = [(i, pfn) for i, pfn in pages if self.pages.get(i) == pfn and not self._is_pinned(i)]
+        live = [(i, pfn) for i, pfn in pages if self.pages.get(i) == pfn and not self.locks.locked(i)]
         dirty = [i for i, _ in live if i in self.dirty]
         written = True
         if dirty:
@@ -297,7 +285,7 @@ class BlockDeviceMapping:
 
     def drop_clean(self) -> int:
         """Every clean, unpinned page out of the cache (drop_caches, O_DIRECT's invalidation)."""
-        victims = [(i, pfn) for i, pfn in self.pages.items() if i not in self.dirty and not self._is_pinned(i)]
+        victims = [(i, pfn) for i, pfn in self.pages.items() if i not in self.dirty and not self.locks.locked(i)]
         if not victims:
             return 0
         pfns = [pfn for _, pfn in victims]

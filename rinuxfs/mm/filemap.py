@@ -24,12 +24,11 @@ and sit on the anon LRU, so /proc/meminfo follows page ownership without a secon
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Protocol
 
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
 from rinuxfs.mm.core import MemoryManager
+from rinuxfs.mm.pagelock import PageLocks
 from rinuxfs.mm.swapfile import SwapEntry
 from rinuxfs.mm.vmscan import SwapPlug
 
@@ -54,7 +53,7 @@ class AddressSpace:
         self.pages: dict[int, int | SwapEntry] = {}
         self.nr_swapped = 0
         self.shadows: dict[int, int] = {}  # index -> the LRU's shadow of a page that went to swap
-        self._pinned: list[tuple[int, int]] = []  # index ranges of the requests in progress
+        self.locks = PageLocks()  # index ranges of the requests in progress
         self._pending: dict[int, SwapEntry] = {}  # written to swap by pageout, awaiting drop
         self.mapping_id = mm.register_mapping(self)
 
@@ -67,18 +66,6 @@ class AddressSpace:
     def nrblocks(self) -> int:
         return len(self.pages)
 
-    @contextlib.contextmanager
-    def _pin(self, first: int, last: int) -> Iterator[None]:
-        """Keep reclaim off the pages of this range while the request works on them (the page lock)."""
-        self._pinned.append((first, last))
-        try:
-            yield
-        finally:
-            self._pinned.pop()
-
-    def _is_pinned(self, index: int) -> bool:
-        return any(first <= index <= last for first, last in self._pinned)
-
     # --- the request side ----------------------------------------------------------------
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
@@ -88,7 +75,7 @@ class AddressSpace:
             return
         end = offset + length
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
-        with self._pin(first, last):
+        with self.locks.hold(first, last):
             self._make_present(first, last, offset, end)
             ram = self.mm.ram.view
             pos, done = offset, 0
@@ -107,7 +94,7 @@ class AddressSpace:
             return b""
         end = offset + size
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
-        with self._pin(first, last):
+        with self.locks.hold(first, last):
             if self.nr_swapped:
                 self._swapin([i for i in range(first, last + 1) if isinstance(self.pages.get(i), SwapEntry)])
             ram = self.mm.ram.view
@@ -207,7 +194,7 @@ class AddressSpace:
         if size & _PAGE_MASK:
             index = size >> PAGE_SHIFT
             if isinstance(self.pages.get(index), SwapEntry):
-                with self._pin(index, index):
+                with self.locks.hold(index, index):
                     self._swapin([index])
             pfn = self.pages.get(index)
             if isinstance(pfn, int):
@@ -248,7 +235,7 @@ class AddressSpace:
     def pageout(self, pages: list[tuple[int, int]], plug: SwapPlug) -> list[bool]:
         """shmem_writeout for a batch: a slot for each page, its write queued on the reclaim pass's plug."""
         mm = self.mm
-        candidates = [(i, pfn) for i, pfn in pages if self.pages.get(i) == pfn and not self._is_pinned(i)]
+        candidates = [(i, pfn) for i, pfn in pages if self.pages.get(i) == pfn and not self.locks.locked(i)]
         entries = mm.swap.get_swap_pages(len(candidates))
         ok: set[int] = set()
         for (index, pfn), entry in zip(candidates, entries, strict=False):

@@ -16,6 +16,7 @@ Contract:
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from rinuxfs.mm.page_io import swap_readpages
@@ -56,11 +57,17 @@ class SwapCache:
         ahead = self._readahead_window(wanted, set(entries))
         if wanted or ahead:
             fresh = mm.alloc_pages(len(wanted) + len(ahead))
+            start = time.monotonic()
             try:
                 swap_readpages(mm.swap, list(zip(wanted + ahead, fresh, strict=True)), self.log, mm.events)
             except BaseException:
                 mm.free_pages(fresh)
                 raise
+            finally:
+                if mm.on_stall is not None:  # a refault read is a memory stall and an I/O one (psi_memstall)
+                    stalled = time.monotonic() - start
+                    mm.on_stall("memory", stalled)
+                    mm.on_stall("io", stalled)
             ra_pfns = fresh[len(wanted):]
             if ahead:
                 self._insert(ahead, ra_pfns)

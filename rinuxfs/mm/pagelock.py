@@ -1,0 +1,27 @@
+"""Page locks for a mapping, by range: the pages a request is working on are off limits to reclaim.
+
+Contract: `with locks.hold(first, last):` marks indexes first..last locked for the duration of the
+block (requests nest: reclaim set off by a request's own allocation may run inside it);
+`locked(index)` is what reclaim asks before taking a page (folio_trylock failing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+
+class PageLocks:
+    def __init__(self) -> None:
+        self._held: list[tuple[int, int]] = []
+
+    @contextlib.contextmanager
+    def hold(self, first: int, last: int) -> Iterator[None]:
+        self._held.append((first, last))
+        try:
+            yield
+        finally:
+            self._held.pop()
+
+    def locked(self, index: int) -> bool:
+        return any(first <= index <= last for first, last in self._held)

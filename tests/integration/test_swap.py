@@ -1,0 +1,316 @@
+"""Swap through a real mount: tmpfs pages go to the image's swap partition and come back, the block-device
+cache fills and drops, dirty pages reach the image, and the views and tools agree with what happened."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Mounted, mount
+
+from tests.integration.storage_helpers import MIB, SECTOR, layout, put_swap, run, sfdisk_image
+
+SWAP_START, SWAP_SECTORS = 2048, 320 * MIB // SECTOR
+DATA_START = SWAP_START + SWAP_SECTORS
+MEM = "64M"
+
+
+def build_swap_image(path: Path) -> Path:
+    sfdisk_image(path, layout("tests-swap"), size=448 * MIB, fill_seed=3)
+    put_swap(path, SWAP_START, SWAP_SECTORS * SECTOR, label="testswap")
+    return path
+
+
+def region(image: Path, start_sector: int, sectors: int) -> bytes:
+    with open(image, "rb") as f:
+        f.seek(start_sector * SECTOR)
+        return f.read(sectors * SECTOR)
+
+
+def vmstat(mnt: Path) -> dict[str, int]:
+    return {k: int(v) for k, v in (line.split() for line in (mnt / "proc" / "vmstat").read_text().splitlines())}
+
+
+def meminfo(mnt: Path) -> dict[str, int]:
+    return {line.split(":")[0]: int(line.split(":")[1].split()[0])
+            for line in (mnt / "proc" / "meminfo").read_text().splitlines()}
+
+
+def rss_kb(pid: int) -> int:
+    match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    assert match
+    return int(match.group(1))
+
+
+def tagged_pages(n: int, salt: bytes) -> Iterator[bytes]:
+    """n pages of random bytes, each starting with a tag naming it, so it can be found in the image."""
+    for i in range(n):
+        yield b"RNXPAGE:" + salt + i.to_bytes(8, "little") + os.urandom(4096 - 24)
+
+
+@pytest.fixture(scope="module")
+def swap_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_swap_image(tmp_path_factory.mktemp("swapimg") / "swap.img")
+
+
+@pytest.fixture
+def own_image(swap_image: Path, tmp_path: Path) -> Path:
+    """A copy of the swap image for one test: the module's long-lived mount holds the image's lock."""
+    copy = tmp_path / "copy.img"
+    shutil.copyfile(swap_image, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def swapped(swap_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mounted, bytes, Path]]:
+    """A 64 MiB machine that wrote 3x its RAM into tmpfs: (the mount, the data's digest, the file)."""
+    before_header = region(swap_image, SWAP_START, 8)
+    before_data = hashlib.sha256(region(swap_image, DATA_START, 64 * MIB // SECTOR)).digest()
+    before_table = region(swap_image, 0, SWAP_START)
+    m = mount(swap_image, tmp_path_factory.mktemp("swapmnt") / "mnt", "--mem", MEM, "--tmpfs-size", "1G")
+    try:
+        salt = os.urandom(8)
+        path = m.path / "tmp" / "big"
+        digest = hashlib.sha256()
+        peak = 0
+        with open(path, "wb") as f:
+            for k, page in enumerate(tagged_pages(3 * 64 * 256, salt)):
+                f.write(page)
+                digest.update(page)
+                if k % 4096 == 0 and m.pid is not None:
+                    peak = max(peak, rss_kb(m.pid))
+        m.peak_rss_kb = peak  # type: ignore[attr-defined]
+        m.salt = salt  # type: ignore[attr-defined]
+        m.untouched = (before_header, before_data, before_table)  # type: ignore[attr-defined]
+        yield m, digest.digest(), path
+    finally:
+        m.unmount()
+
+
+def test_swap_partition_is_activated_at_boot(swapped: tuple[Mounted, bytes, Path]) -> None:
+    m, _, _ = swapped
+    lines = (m.path / "proc" / "swaps").read_text().splitlines()
+    assert lines[0] == "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority"
+    match = re.fullmatch(r"/dev/nvme0n1p1 +partition\t(\d+)\t\t?(\d+)\t\t?(-?\d+)", lines[1])
+    assert match, lines
+    size, used, prio = map(int, match.groups())
+    assert size == 320 * 1024 - 4 and prio == -2, "every page but the header, as mkswap made it"
+    info = meminfo(m.path)
+    assert info["SwapTotal"] == size and info["SwapTotal"] - info["SwapFree"] == used
+    kmsg = (m.path / "proc" / "kmsg").read_text()
+    assert f"Adding {size}k swap on /dev/nvme0n1p1.  Priority:-2 extents:1 across:{size}k SS" in kmsg
+
+
+def test_three_times_ram_goes_to_swap_and_only_there(swapped: tuple[Mounted, bytes, Path],
+                                                     swap_image: Path) -> None:
+    m, _, _ = swapped
+    stat = vmstat(m.path)
+    info = meminfo(m.path)
+    assert stat["pswpout"] > 64 * 256, "more than all of RAM went out"
+    assert info["SwapFree"] < info["SwapTotal"] - 100 * 1024
+    # The swapped pages are in the swap partition, after its header page.
+    area = region(swap_image, SWAP_START, SWAP_SECTORS)
+    tags = [area.find(b"RNXPAGE:" + m.salt)]  # type: ignore[attr-defined]
+    found = area.count(b"RNXPAGE:" + m.salt)  # type: ignore[attr-defined]
+    assert found >= stat["pswpout"] * 0.9 and tags[0] >= 4096
+    header, data, table = m.untouched  # type: ignore[attr-defined]
+    assert region(swap_image, SWAP_START, 8) == header, "the mkswap header page is never written"
+    assert hashlib.sha256(region(swap_image, DATA_START, 64 * MIB // SECTOR)).digest() == data
+    assert region(swap_image, 0, SWAP_START) == table
+    blkid = run("blkid", "-p", "-O", str(SWAP_START * SECTOR), "-o", "export", str(swap_image))
+    assert "TYPE=swap" in blkid.stdout and "LABEL=testswap" in blkid.stdout
+
+
+def test_every_byte_comes_back(swapped: tuple[Mounted, bytes, Path]) -> None:
+    m, digest, path = swapped
+    before = vmstat(m.path)["pswpin"]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MIB):
+            h.update(chunk)
+    assert h.digest() == digest
+    after = vmstat(m.path)
+    assert after["pswpin"] - before > 64 * 256
+    assert after["workingset_refault_anon"] > 0
+    assert (path.stat().st_blocks * 512) == 3 * 64 * MIB, "swapped pages count in st_blocks, as shmem's"
+
+
+def test_the_daemon_stays_within_mem_plus_100m(swapped: tuple[Mounted, bytes, Path]) -> None:
+    m, _, _ = swapped
+    assert m.peak_rss_kb < (64 + 100) * 1024, m.peak_rss_kb  # type: ignore[attr-defined]
+    assert m.pid is not None and rss_kb(m.pid) < (64 + 100) * 1024
+
+
+def test_views_agree_while_swapping(swapped: tuple[Mounted, bytes, Path]) -> None:
+    m, _, path = swapped
+    info = meminfo(m.path)
+    swaps = (m.path / "proc" / "swaps").read_text().splitlines()[1].split()
+    assert int(swaps[3]) == info["SwapTotal"] - info["SwapFree"]
+    assert info["Active"] + info["Inactive"] + info["Unevictable"] >= info["Shmem"] + info["Buffers"]
+    assert info["Shmem"] <= 64 * 1024
+    # The pages are charged to this process, which wrote them: in RAM (RssShmem) and in swap (VmSwap).
+    status = (m.path / "proc" / "self" / "status").read_text()
+    rss = int(re.search(r"^RssShmem:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+    swap = int(re.search(r"^VmSwap:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+    assert rss + swap == 3 * 64 * 1024 and swap == info["SwapTotal"] - info["SwapFree"]
+    pressure = (m.path / "proc" / "pressure" / "memory").read_text().splitlines()
+    assert re.fullmatch(r"some avg10=\d+\.\d\d avg60=\d+\.\d\d avg300=\d+\.\d\d total=\d+", pressure[0])
+    assert re.fullmatch(r"full avg10=\d+\.\d\d avg60=\d+\.\d\d avg300=\d+\.\d\d total=\d+", pressure[1])
+    assert int(pressure[0].rsplit("=", 1)[1]) > 0, "direct reclaim and swap-in stalled the writer"
+
+
+def test_swapon_show_free_and_vmstat_see_the_swap(swapped: tuple[Mounted, bytes, Path]) -> None:
+    m, _, path = swapped
+    env = {**os.environ, "LIBMOUNT_SWAPS": str(m.path / "proc" / "swaps"), "LC_ALL": "C"}
+    show = subprocess.run(["swapon", "--show", "--bytes", "--noheadings", "--raw"], capture_output=True, text=True,
+                          env=env, check=True).stdout.split()
+    info = meminfo(m.path)
+    assert show[0] == "/dev/nvme0n1p1" and show[1] == "partition"
+    assert int(show[2]) == info["SwapTotal"] * 1024 and int(show[4]) == -2
+    script = f"mount --bind {m.path}/proc/meminfo /proc/meminfo && free -k"
+    free = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                          text=True, check=True).stdout
+    row = re.search(r"^Swap:\s+(\d+)\s+(\d+)\s+(\d+)$", free, re.M)
+    assert row and int(row.group(1)) == info["SwapTotal"], free
+    # vmstat's si/so columns come from pswpin/pswpout: read the file back while vmstat watches.
+    reader = subprocess.Popen(["sh", "-c", f"for i in 1 2 3; do cat {path} > /dev/null; done"])
+    try:
+        script = "".join(f"mount --bind {m.path}/proc/{f} /proc/{f} && " for f in
+                         ("meminfo", "stat", "vmstat")) + "vmstat -n 1 3"
+        out = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+    finally:
+        reader.wait(timeout=120)
+    header = out[1].split()
+    samples = [dict(zip(header, map(int, line.split()), strict=True)) for line in out[3:]]
+    assert any(s["si"] > 0 for s in samples), out
+
+
+def test_block_cache_fills_and_drop_caches_empties_it(own_image: Path, tmp_path: Path) -> None:
+    with mount(own_image, tmp_path / "mnt", "--mem", "128M", "--swap", "off") as m:
+        before = meminfo(m.path)
+        with open(m.path / "dev" / "nvme0n1p2", "rb") as f:
+            f.read(32 * MIB)
+        filled = meminfo(m.path)
+        assert filled["Buffers"] - before["Buffers"] >= 30 * 1024
+        assert filled["Inactive(file)"] + filled["Active(file)"] >= 30 * 1024
+        drop = m.path / "proc" / "sys" / "vm" / "drop_caches"
+        assert drop.stat().st_mode & 0o777 == 0o200
+        drop.write_text("3\n")
+        dropped = meminfo(m.path)
+        assert dropped["Buffers"] < 1024 and dropped["MemFree"] > filled["MemFree"] + 28 * 1024
+        assert vmstat(m.path)["drop_pagecache"] == 1 and vmstat(m.path)["drop_slab"] == 1
+        assert ": drop_caches: 3" in (m.path / "proc" / "kmsg").read_text()
+        for bad in ("0", "5", "x", "-1"):
+            fd = os.open(drop, os.O_WRONLY)
+            try:
+                with pytest.raises(OSError) as e:
+                    os.write(fd, bad.encode())
+                assert e.value.errno == errno.EINVAL
+            finally:
+                os.close(fd)
+
+
+def test_dirty_pages_reach_the_image_on_their_deadline(own_image: Path, tmp_path: Path) -> None:
+    swap_image = own_image
+    data_at = DATA_START * SECTOR + 8 * MIB
+    payload = os.urandom(256 * 1024)
+    with mount(own_image, tmp_path / "mnt", "--mem", "128M", "--swap", "off") as m:
+        vm = m.path / "proc" / "sys" / "vm"
+        (vm / "dirty_expire_centisecs").write_text("50\n")
+        (vm / "dirty_writeback_centisecs").write_text("20\n")
+        with open(m.path / "dev" / "nvme0n1p2", "r+b", buffering=0) as f:
+            f.seek(8 * MIB)
+            f.write(payload)
+            assert meminfo(m.path)["Dirty"] >= 256
+            deadline = time.monotonic() + 10
+            while meminfo(m.path)["Dirty"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert meminfo(m.path)["Dirty"] == 0, "the flusher wrote them while the file stayed open"
+            with open(swap_image, "rb") as img:
+                img.seek(data_at)
+                assert img.read(len(payload)) == payload
+        assert vmstat(m.path)["nr_written"] >= 64
+
+
+@pytest.mark.parametrize(("name", "value", "err"), [
+    ("swappiness", "201", errno.EINVAL), ("swappiness", "-1", errno.EINVAL), ("dirty_ratio", "101", errno.EINVAL),
+    ("dirty_background_ratio", "x", errno.EINVAL), ("overcommit_memory", "3", errno.EINVAL),
+    ("page-cluster", "32", errno.EINVAL), ("panic_on_oom", "3", errno.EINVAL), ("dirty_bytes", "1", errno.EINVAL),
+    ("dirty_expire_centisecs", "-5", errno.EINVAL), ("overcommit_ratio", "1 2", errno.EINVAL),
+])
+def test_vm_tunables_reject_what_linux_rejects(swapped: tuple[Mounted, bytes, Path], name: str, value: str,
+                                               err: int) -> None:
+    m, _, _ = swapped
+    path = m.path / "proc" / "sys" / "vm" / name
+    before = path.read_text()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as e:
+            os.write(fd, value.encode())
+        assert e.value.errno == err
+    finally:
+        os.close(fd)
+    assert path.read_text() == before
+
+
+def test_tunables_take_effect(swapped: tuple[Mounted, bytes, Path]) -> None:
+    m, _, _ = swapped
+    vm = m.path / "proc" / "sys" / "vm"
+    info = meminfo(m.path)
+    try:
+        (vm / "overcommit_ratio").write_text("80\n")
+        pages = (info["MemTotal"] - info["Hugetlb"]) // 4
+        assert meminfo(m.path)["CommitLimit"] == pages * 80 // 100 * 4 + info["SwapTotal"]
+        (vm / "dirty_bytes").write_text(f"{4 * MIB}\n")
+        assert (vm / "dirty_ratio").read_text() == "0\n"
+        assert vmstat(m.path)["nr_dirty_threshold"] == 1024
+    finally:
+        (vm / "overcommit_ratio").write_text("50\n")
+        (vm / "dirty_ratio").write_text("20\n")
+        (vm / "dirty_bytes").write_text("0\n")
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("magic", "Unable to find swap-space signature"),
+    ("version", "Unable to handle swap header version 2"),
+    ("pagesize", "Unable to find swap-space signature"),
+    ("tiny", "swap space needs to be at least 40 KiB"),
+])
+def test_bad_swap_headers_are_not_activated(tmp_path: Path, damage: str, message: str) -> None:
+    image = tmp_path / "bad.img"
+    if damage == "tiny":
+        sfdisk_image(image, "label: gpt\n1 : start=2048, size=16KiB, type=swap\n2 : size=1MiB, type=linux\n",
+                     size=8 * MIB)
+        with open(image, "r+b") as f:  # what a header would say for 4 pages: mkswap refuses to write one
+            f.seek(2048 * SECTOR + 4096 - 10)
+            f.write(b"SWAPSPACE2")
+            f.seek(2048 * SECTOR + 0x400)
+            f.write((1).to_bytes(4, "little") + (3).to_bytes(4, "little"))
+    else:
+        sfdisk_image(image, "label: gpt\n1 : start=2048, size=8MiB, type=swap\n", size=16 * MIB)
+        area = tmp_path / "area"
+        with open(area, "wb") as f:
+            f.truncate(8 * MIB)
+        run("mkswap", *(["-p", "16384"] if damage == "pagesize" else []), str(area))
+        raw = bytearray(area.read_bytes())
+        if damage == "magic":
+            raw[4096 - 10 : 4096] = b"SWAP-SPACE"
+        elif damage == "version":
+            raw[0x400:0x404] = (2).to_bytes(4, "little")
+        with open(image, "r+b") as f:
+            f.seek(2048 * SECTOR)
+            f.write(raw)
+    with mount(image, tmp_path / "mnt") as m:
+        assert (m.path / "proc" / "swaps").read_text().count("\n") == 1
+        assert meminfo(m.path)["SwapTotal"] == 0
+        kmsg = (m.path / "proc" / "kmsg").read_text()
+        assert message in kmsg, kmsg[-2000:]
