@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--numa", type=int, default=1, help="split RAM into N NUMA nodes (default 1)")
     m.add_argument("--swap", default="auto", metavar="auto|off|DEV[:PRIO][,...]",
                    help="swap partitions to activate at boot (default auto: every Linux swap partition)")
+    m.add_argument("--tmpfs-huge", choices=("never", "always", "within_size", "advise"), default="never",
+                   help="the rootfs tmpfs huge= option: 2 MiB pages for file data (default never)")
     m.add_argument("--oom", choices=("kill", "errno"), default="kill",
                    help="when memory runs out: the OOM killer (default), or ENOMEM for the request")
     m.add_argument("--cpus", type=int, default=2, help="simulated CPUs (default 2)")
@@ -208,7 +210,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     config = KernelConfig(image=image, controller=args.controller, mem=args.mem, cpus=args.cpus,
                           tmpfs_size=args.tmpfs_size, read_only=args.ro, force_gpt=args.force_gpt,
                           lba_size=args.lba_size, numa=args.numa, mem_prealloc=args.mem_prealloc,
-                          swap=args.swap, oom=args.oom)
+                          swap=args.swap, oom=args.oom, tmpfs_huge=args.tmpfs_huge)
     logging.basicConfig(level=args.log_level.upper(), format="rinuxfs: %(message)s")
     kernel = Kernel(config, _echo_to_logging)  # boot errors, a locked image among them, reach the user from here
     if kernel.image is not None and kernel.image.write_protected:

@@ -87,6 +87,7 @@ class KernelConfig:
     mem_prealloc: bool = False
     swap: str = "auto"  # auto | off | DEV[:PRIO][,DEV[:PRIO]...]
     oom: str = "kill"  # kill | errno
+    tmpfs_huge: str = "never"  # the rootfs huge= option: never | always | within_size | advise
 
 
 @dataclass
@@ -325,7 +326,8 @@ class Kernel:
         total = mm.allocator.totalram_pages * PAGE_SIZE
         size = self.config.tmpfs_size if self.config.tmpfs_size is not None else total // 2
         nr_inodes = min(mm.allocator.totalram_pages, mm.allocator.totalram_pages // 2)
-        self.rootfs = TmpfsSuperBlock(self.vfs, mm, size, nr_inodes, mode=0o755, source="rootfs")
+        self.rootfs = TmpfsSuperBlock(self.vfs, mm, size, nr_inodes, mode=0o755, source="rootfs",
+                                      huge=self.config.tmpfs_huge)
         self.vfs.mount_root(self.rootfs, "rw,relatime")
         root = self.rootfs.root
         for name, mode in ((b"dev", 0o755), (b"proc", 0o555), (b"sys", 0o555), (b"tmp", 0o1777)):

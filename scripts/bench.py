@@ -189,13 +189,115 @@ def mount_time_bench(base: Path, mnt: Path) -> bool:
     return median >= 1
 
 
+# --- swap ---------------------------------------------------------------------------------------
+
+SWAP_MIB = 1024
+SWAP_MEM = "256M"
+SWAP_STREAM_MIB = 768  # 3x RAM
+
+
+def make_swap_image(path: Path) -> int:
+    """A GPT disk with a 1 GiB Linux swap partition 1 MiB in (mkswap copied in): its start in MiB."""
+    with open(path, "wb") as f:
+        f.truncate((SWAP_MIB + 64) << 20)
+    subprocess.run(["sfdisk", "-q", str(path)], input=f"label: gpt\nstart=2048, size={SWAP_MIB}MiB, type=swap\n",
+                   text=True, check=True)
+    area = path.with_suffix(".area")
+    with open(area, "wb") as f:
+        f.truncate(SWAP_MIB << 20)
+    subprocess.run(["mkswap", "-q", str(area)], check=True)
+    with open(path, "r+b") as f, open(area, "rb") as src:
+        f.seek(1 << 20)
+        f.write(src.read(4096))
+    area.unlink()
+    return 1
+
+
+def timed_mbps(cmd: list[str], mib: int) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return mib * (1 << 20) / (time.perf_counter() - t) / 1e6
+
+
+def swap_bench(base: Path, mnt: Path, rounds: int) -> int:
+    """3x RAM streamed through tmpfs into a 1 GiB swap partition and back, beside dd of the same bytes."""
+    image = base / "swap.img"
+    data = base / "swap-data"
+    with open(data, "wb") as f:
+        for _ in range(SWAP_STREAM_MIB):
+            f.write(os.urandom(1 << 20))
+    skip = make_swap_image(image)
+    header = image.read_bytes()[1 << 20 : (1 << 20) + 4096]
+    out_raw, in_raw, out_r, in_r, rss = [], [], [], [], []
+    try:
+        for _ in range(rounds):
+            # The raw device: the same bytes written to the swap region (to disk), then read back cold.
+            out_raw.append(timed_mbps(["dd", f"if={data}", f"of={image}", "bs=1M", f"seek={skip + 1}",
+                                       "conv=notrunc,fsync"], SWAP_STREAM_MIB))
+            drop_host_caches()
+            in_raw.append(timed_mbps(["dd", f"if={image}", "of=/dev/null", "bs=1M", f"skip={skip + 1}",
+                                      f"count={SWAP_STREAM_MIB}"], SWAP_STREAM_MIB))
+            with open(image, "r+b") as f:  # the header back as mkswap wrote it
+                f.seek(1 << 20)
+                f.write(header)
+            subprocess.run([*RINUXFS, "mount", str(image), str(mnt), "--mem", SWAP_MEM, "--tmpfs-size", "1G"],
+                           check=True)
+            try:
+                from rinuxfs.cli import pid_file
+
+                pid = int(pid_file(mnt.resolve()).read_text().split()[0])
+                peak = [0.0]
+                target = mnt / "tmp" / "stream"
+                t = time.perf_counter()
+                proc = subprocess.Popen(["dd", f"if={data}", f"of={target}", "bs=1M"], stderr=subprocess.DEVNULL)
+                while proc.poll() is None:
+                    peak[0] = max(peak[0], _rss_mib(pid))
+                    time.sleep(0.05)
+                subprocess.run(["sync"], check=True)
+                out_r.append(SWAP_STREAM_MIB * (1 << 20) / (time.perf_counter() - t) / 1e6)
+                rss.append(peak[0])
+                drop_host_caches()
+                in_r.append(timed_mbps(["dd", f"if={target}", "of=/dev/null", "bs=1M"], SWAP_STREAM_MIB))
+            finally:
+                subprocess.run([*RINUXFS, "umount", str(mnt)], check=False)
+    finally:
+        image.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+    med = statistics.median
+    print(f"\nswap: {SWAP_STREAM_MIB} MiB (3x RAM) through tmpfs at --mem {SWAP_MEM}, 1 GiB swap partition; "
+          f"medians of {rounds}")
+    print(f"{'direction':<10} {'dd of the region MB/s':>22} {'rinuxfs MB/s':>13} {'ratio':>7} {'target':>7}")
+    failed = False
+    for label, raw, mine, target in (("swap-out", out_raw, out_r, 0.25), ("swap-in", in_raw, in_r, 0.15)):
+        ratio = med(mine) / med(raw)
+        failed |= ratio < target
+        print(f"{label:<10} {med(raw):>22.1f} {med(mine):>13.1f} {ratio:>7.3f} {target:>7.3f}"
+              f" {'ok' if ratio >= target else 'BELOW TARGET'}")
+    peak_rss = max(rss)
+    limit = 256 + 100
+    failed |= peak_rss >= limit
+    print(f"daemon RSS while streaming: peak {peak_rss:.1f} MiB (must stay below --mem + 100 MiB = {limit} MiB)"
+          f" {'ok' if peak_rss < limit else 'ABOVE LIMIT'}")
+    return 1 if failed else 0
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 # --- machines of any size -------------------------------------------------------------------------
 
 
 def daemon_rss_mib(mnt: Path) -> float:
     from rinuxfs.cli import pid_file
 
-    pid = int(pid_file(mnt.resolve()).read_text())
+    pid = int(pid_file(mnt.resolve()).read_text().split()[0])
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -240,7 +342,7 @@ def main() -> int:
     parser.add_argument("--size", default="512M", help="sequential file size (default 512M)")
     parser.add_argument("--mem", default="3G", help="rinuxfs --mem for the benchmark mount")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per benchmark (median shown)")
-    parser.add_argument("--only", choices=("tmpfs", "storage", "machine"), help="run one group of benchmarks")
+    parser.add_argument("--only", choices=("tmpfs", "storage", "swap", "machine"), help="run one group of benchmarks")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("scripts/bench: run as root (the kernel tmpfs baseline needs mount -t tmpfs)", file=sys.stderr)
@@ -263,6 +365,8 @@ def main() -> int:
                 subprocess.run([*RINUXFS, "umount", str(rmnt)], check=False)
         if args.only in (None, "storage"):
             status |= storage_bench(base, args.rounds)
+        if args.only in (None, "swap"):
+            status |= swap_bench(base, rmnt, args.rounds)
         if args.only in (None, "machine"):
             status |= machine_bench(base, rmnt, args.rounds)
         return status

@@ -30,6 +30,7 @@ TMPFS_MAGIC = 0x01021994
 BOGO_DIRENT_SIZE = 20
 # A tmpfs page is page cache (Cached, Shmem); the mapping puts it on the anon LRU, as only swap can free it.
 SHMEM_PAGE_ITEMS = ("nr_shmem", "nr_file_pages")
+HUGE_MODES = ("never", "always", "within_size", "advise")  # advise: madvise(MADV_HUGEPAGE), which FUSE never sends
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 # Targets this long (with their NUL) or longer get a page: shmem_symlink's inline limit.
@@ -41,8 +42,11 @@ class TmpfsSuperBlock(SuperBlock):
     magic = TMPFS_MAGIC
 
     def __init__(self, vfs: Vfs, mm: MemoryManager, size: int, nr_inodes: int, mode: int = 0o755,
-                 source: str = "tmpfs") -> None:
+                 source: str = "tmpfs", huge: str = "never") -> None:
         super().__init__(vfs)
+        if huge not in HUGE_MODES:
+            raise KernelError(errno.EINVAL, f"tmpfs: Bad value for 'huge': {huge}")
+        self.huge = huge
         self.mm = mm
         self.source = source
         self.max_pages = -(-size // PAGE_SIZE)  # 0: unlimited
@@ -69,7 +73,8 @@ class TmpfsSuperBlock(SuperBlock):
 
     def options(self) -> str:
         size = f"size={self.max_pages * (PAGE_SIZE // 1024)}k," if self.max_pages else ""
-        return f"rw,{size}nr_inodes={self.max_inodes},mode={self.root_mode:o}"
+        huge = f",huge={self.huge}" if self.huge != "never" else ""
+        return f"rw,{size}nr_inodes={self.max_inodes},mode={self.root_mode:o}{huge}"
 
     def statfs(self) -> StatFs:
         # Without a size limit Linux reports no blocks at all rather than a made-up total.
@@ -102,7 +107,7 @@ class ShmemFile(TmpfsInode):
     def __init__(self, sb: TmpfsSuperBlock, mode: int, uid: int, gid: int, rdev: int = 0) -> None:
         super().__init__(sb, mode, uid, gid, 1, rdev)
         self._size = 0
-        self.mapping = AddressSpace(sb.mm, sb, SHMEM_PAGE_ITEMS)
+        self.mapping = AddressSpace(sb.mm, sb, SHMEM_PAGE_ITEMS, huge=lambda: sb.huge)
 
     @property
     def size(self) -> int:
@@ -135,7 +140,7 @@ class ShmemFile(TmpfsInode):
         end = offset + len(data)
         if end > MAX_LFS_FILESIZE:
             raise KernelError(errno.EFBIG)
-        self.mapping.write(offset, data)
+        self.mapping.write(offset, data, self._size)
         if end > self._size:
             self._size = end
         return len(data)

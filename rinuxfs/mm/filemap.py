@@ -12,6 +12,10 @@ Contract (the page cache of one shmem inode, struct address_space):
   frames comes back as a view of RAM, valid only until the address space next changes (the FUSE
   reply copies it at once), anything else as one joined copy.
 - Every page touched counts as an access for the LRU (folio_mark_accessed).
+- With the mount's huge=always (or within_size, for blocks inside the file's size), a write to an
+  empty, aligned 2 MiB block gets one 2 MiB folio (ShmemHugePages, thp_file_alloc) when a free
+  order-9 block is at hand, small pages otherwise (thp_file_fallback); a folio is split into small
+  pages (thp_split_page) before any of its pages goes to swap, and when a truncate cuts into it.
 - `truncate(size)` frees every page and swap slot wholly past `size` and zeroes the tail of the
   page that straddles it; `release()` frees everything, and the mapping must not be used after.
 - For reclaim (vmscan.Reclaimable): `pageout(pages)` writes a batch of pages to swap and says
@@ -24,16 +28,22 @@ and sit on the anon LRU, so /proc/meminfo follows page ownership without a secon
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+from rinuxfs.errors import KernelError
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
 from rinuxfs.mm.core import MemoryManager
+from rinuxfs.mm.page_alloc import WMARK_LOW
 from rinuxfs.mm.pagelock import PageLocks
 from rinuxfs.mm.swapfile import SwapEntry
 from rinuxfs.mm.vmscan import SwapPlug
 
 _PAGE_MASK = PAGE_SIZE - 1
 _ZERO_PAGE = bytes(PAGE_SIZE)
+HPAGE_PMD_ORDER = 9
+HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER
+_ZERO_HUGE = bytes(HPAGE_PMD_NR * PAGE_SIZE)
 
 
 class PageQuota(Protocol):
@@ -46,10 +56,13 @@ class PageQuota(Protocol):
 class AddressSpace:
     anon = True  # swap-backed: its pages live on the anon LRU
 
-    def __init__(self, mm: MemoryManager, quota: PageQuota, account_items: tuple[str, ...]) -> None:
+    def __init__(self, mm: MemoryManager, quota: PageQuota, account_items: tuple[str, ...],
+                 huge: Callable[[], str] = lambda: "never") -> None:
         self.mm = mm
         self.quota = quota
         self.account_items = account_items
+        self.huge_policy = huge  # the mount's huge= option: never | always | within_size | advise
+        self.huge: set[int] = set()  # first indexes of the 2 MiB folios the file holds
         self.pages: dict[int, int | SwapEntry] = {}
         self.nr_swapped = 0
         self.shadows: dict[int, int] = {}  # index -> the LRU's shadow of a page that went to swap
@@ -68,7 +81,8 @@ class AddressSpace:
 
     # --- the request side ----------------------------------------------------------------
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
+    def write(self, offset: int, data: bytes | memoryview, i_size: int = 0) -> None:
+        """Write at offset; `i_size` is the file's size, which huge=within_size reads."""
         src = memoryview(data).cast("B")
         length = len(src)
         if not length:
@@ -76,7 +90,7 @@ class AddressSpace:
         end = offset + length
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         with self.locks.hold(first, last):
-            self._make_present(first, last, offset, end)
+            self._make_present(first, last, offset, end, max(i_size, end))
             ram = self.mm.ram.view
             pos, done = offset, 0
             touched: list[int] = []
@@ -115,12 +129,62 @@ class AddressSpace:
             return parts[0]  # zero-copy: the FUSE reply copies it out before anything can change the page
         return b"".join(parts)
 
-    def _make_present(self, first: int, last: int, offset: int, end: int) -> None:
+    def _make_present(self, first: int, last: int, offset: int, end: int, i_size: int = 0) -> None:
         """Every page of first..last in a frame: swapped-out ones read back, holes allocated."""
         if self.nr_swapped:
             self._swapin([i for i in range(first, last + 1) if isinstance(self.pages.get(i), SwapEntry)])
         if None in map(self.pages.get, range(first, last + 1)):
-            self._populate([i for i in range(first, last + 1) if i not in self.pages], offset, end)
+            missing = [i for i in range(first, last + 1) if i not in self.pages]
+            policy = self.huge_policy()
+            if policy in ("always", "within_size"):
+                missing = self._populate_huge(missing, policy, i_size)
+            if missing:
+                self._populate(missing, offset, end)
+
+    def _populate_huge(self, missing: list[int], policy: str, i_size: int) -> list[int]:
+        """2 MiB folios for the aligned blocks a write reaches that hold nothing yet (shmem_alloc_and_add_folio
+        with huge=); what they do not cover is left for small pages. A folio that cannot be had right
+        away (no free order-9 block above the low watermark: no reclaim for it) falls back to small pages."""
+        mm = self.mm
+        rest: list[int] = []
+        blocks = sorted({i & ~(HPAGE_PMD_NR - 1) for i in missing})
+        for block in blocks:
+            fits = policy == "always" or (block + HPAGE_PMD_NR) * PAGE_SIZE <= i_size
+            if not fits or any(i in self.pages for i in range(block, block + HPAGE_PMD_NR)):
+                rest += [i for i in missing if block <= i < block + HPAGE_PMD_NR]
+                continue
+            try:
+                self.quota.charge(HPAGE_PMD_NR)
+            except KernelError:
+                rest += [i for i in missing if block <= i < block + HPAGE_PMD_NR]
+                continue
+            pfn = mm.alloc_block(HPAGE_PMD_ORDER, mark=WMARK_LOW)
+            if pfn is None:
+                self.quota.uncharge(HPAGE_PMD_NR)
+                mm.events["thp_file_fallback"] += 1
+                rest += [i for i in missing if block <= i < block + HPAGE_PMD_NR]
+                continue
+            mm.ram.view[pfn << PAGE_SHIFT : (pfn + HPAGE_PMD_NR) << PAGE_SHIFT] = _ZERO_HUGE
+            indexes = list(range(block, block + HPAGE_PMD_NR))
+            pfns = list(range(pfn, pfn + HPAGE_PMD_NR))
+            for index, p in zip(indexes, pfns, strict=True):
+                self.pages[index] = p
+            self.huge.add(block)
+            mm.account(self.account_items, pfns)
+            mm.account_run(("nr_shmem_hugepages",), pfn, HPAGE_PMD_NR)
+            mm.memmap.set_owner(pfns, self.mapping_id, indexes)
+            mm.charges.charge(mm.current_pid(), pfns)
+            mm.lru_add(pfns, anon=True)
+            mm.events["thp_file_alloc"] += 1
+        return rest
+
+    def _split(self, block: int) -> None:
+        """split_folio: the 2 MiB folio becomes 512 small pages (for a swap-out, or a truncate inside it)."""
+        self.huge.discard(block)
+        pfn = self.pages[block]
+        if isinstance(pfn, int):
+            self.mm.account_run(("nr_shmem_hugepages",), pfn, HPAGE_PMD_NR, -1)
+        self.mm.events["thp_split_page"] += 1
 
     def _runs(self, first: int, last: int) -> list[tuple[int, int | None, int]]:
         """Pages first..last as runs (first index, first PFN or None for a hole, count) of consecutive frames.
@@ -209,6 +273,14 @@ class AddressSpace:
         if not indexes:
             return
         mm = self.mm
+        if self.huge:
+            gone = set(indexes)
+            for block in sorted(b for b in self.huge if b in gone or b + HPAGE_PMD_NR - 1 in gone):
+                if all(i in gone for i in range(block, block + HPAGE_PMD_NR)):
+                    self.huge.discard(block)  # freed whole: no split
+                    mm.account_run(("nr_shmem_hugepages",), self.pages[block], HPAGE_PMD_NR, -1)  # type: ignore[arg-type]
+                else:
+                    self._split(block)
         pfns: list[int] = []
         entries: list[SwapEntry] = []
         for i in indexes:
@@ -236,6 +308,9 @@ class AddressSpace:
         """shmem_writeout for a batch: a slot for each page, its write queued on the reclaim pass's plug."""
         mm = self.mm
         candidates = [(i, pfn) for i, pfn in pages if self.pages.get(i) == pfn and not self.locks.locked(i)]
+        if self.huge:
+            for block in {i & ~(HPAGE_PMD_NR - 1) for i, _ in candidates} & self.huge:
+                self._split(block)  # shmem_writeout splits a large folio before it goes to swap
         entries = mm.swap.get_swap_pages(len(candidates))
         ok: set[int] = set()
         for (index, pfn), entry in zip(candidates, entries, strict=False):

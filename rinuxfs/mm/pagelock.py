@@ -24,4 +24,6 @@ class PageLocks:
             self._held.pop()
 
     def locked(self, index: int) -> bool:
+        if not self._held:
+            return False
         return any(first <= index <= last for first, last in self._held)

@@ -115,19 +115,22 @@ class SwapInfo:
                 if cluster not in self.clusters:
                     self._materialize(cluster)
             slots = self.clusters[self.current]
-            start = self.cursor
-            pos = slots.find(0, start) if start < SWAPFILE_CLUSTER else -1
+            pos = slots.find(0, self.cursor) if self.cursor < SWAPFILE_CLUSTER else -1
             if pos < 0:
                 pos = slots.find(0)
             if pos < 0:
                 self.nonfull.discard(self.current)
                 self.current = -1
                 continue
-            slots[pos] = count
-            self.cluster_used[self.current] += 1
-            self.inuse_pages += 1
-            self.cursor = pos + 1
-            got.append(self.current * SWAPFILE_CLUSTER + pos)
+            # The run of free slots from pos, found and filled by bytearray methods (C), not slot by slot.
+            tail = slots[pos:]
+            run = min(len(tail) - len(tail.lstrip(b"\0")), n - len(got), self.pages - self.inuse_pages)
+            slots[pos : pos + run] = bytes([count]) * run
+            self.cluster_used[self.current] += run
+            self.inuse_pages += run
+            self.cursor = pos + run
+            base = self.current * SWAPFILE_CLUSTER + pos
+            got.extend(range(base, base + run))
             if self.cluster_used[self.current] < SWAPFILE_CLUSTER:
                 self.nonfull.add(self.current)
             else:

@@ -219,6 +219,7 @@ _ALIASES = {
     "nr_slab_reclaimable": "nr_slab_reclaimable_pages",
     "nr_slab_unreclaimable": "nr_slab_unreclaimable_pages",
 }
+THP_ITEMS = ("nr_shmem_hugepages", "nr_file_hugepages", "nr_anon_transparent_hugepages")
 ZONE_EVENT_NAMES = ("dma", "dma32", "normal", "movable", "device")
 NUMA_EVENTS = ("numa_hit", "numa_miss", "numa_foreign", "numa_interleave", "numa_local", "numa_other")
 
@@ -263,6 +264,8 @@ def vmstat(mm: MemoryManager) -> list[tuple[str, int]]:
         else:
             key = _ALIASES.get(name, name)
             value = node[key] if key in node else events[key] + lru_events[key]
+        if name in THP_ITEMS:
+            value //= 512  # vmstat_item_print_in_thp: these count huge pages, not base pages
         rows.append((name, max(0, value)))
     return rows
 
@@ -281,7 +284,8 @@ _ZONE_ALIASES = {"nr_zone_inactive_anon": "nr_inactive_anon", "nr_zone_active_an
 def node_stat_value(mm: MemoryManager, node: Node, name: str) -> int:
     if name == "nr_kernel_stack":
         return mm.kernel_stack_kb if node.nid == 0 else 0
-    return max(0, node.stat[_NODE_ALIASES.get(name, name)])
+    value = max(0, node.stat[_NODE_ALIASES.get(name, name)])
+    return value // 512 if name in THP_ITEMS else value
 
 
 def zone_stat_value(mm: MemoryManager, zone: Zone, name: str) -> int:

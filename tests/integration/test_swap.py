@@ -314,3 +314,28 @@ def test_bad_swap_headers_are_not_activated(tmp_path: Path, damage: str, message
         assert meminfo(m.path)["SwapTotal"] == 0
         kmsg = (m.path / "proc" / "kmsg").read_text()
         assert message in kmsg, kmsg[-2000:]
+
+
+def test_tmpfs_huge_pages_come_and_split(own_image: Path, tmp_path: Path) -> None:
+    with mount(own_image, tmp_path / "mnt", "--mem", "128M", "--tmpfs-huge", "always", "--tmpfs-size", "512M") as m:
+        assert "huge=always" in (m.path / "proc" / "mounts").read_text().splitlines()[0]
+        data = os.urandom(8 * MIB)
+        f = m.path / "tmp" / "huge"
+        f.write_bytes(data)
+        info, stat = meminfo(m.path), vmstat(m.path)
+        assert info["ShmemHugePages"] == 8 * 1024 and stat["nr_shmem_hugepages"] == 4
+        assert stat["thp_file_alloc"] == 4
+        os.truncate(f, 3 * MIB)  # cuts into the second folio: split, the rest freed
+        assert meminfo(m.path)["ShmemHugePages"] == 2048 and vmstat(m.path)["thp_split_page"] == 1
+        assert f.read_bytes() == data[: 3 * MIB]
+        # Pressure: folios split before their pages go to swap, and the bytes survive.
+        big = m.path / "tmp" / "big"
+        payload = os.urandom(MIB)
+        with open(big, "wb") as out:
+            for _ in range(300):
+                out.write(payload)
+        assert vmstat(m.path)["pswpout"] > 0 and vmstat(m.path)["thp_split_page"] > 1
+        with open(big, "rb") as back:
+            for _ in range(300):
+                assert back.read(MIB) == payload
+        assert f.read_bytes() == data[: 3 * MIB]
