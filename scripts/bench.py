@@ -356,7 +356,7 @@ def main() -> int:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4G", "none", str(ktmp)], check=True)
     status = 0
     try:
-        if args.only != "storage":
+        if args.only in (None, "tmpfs"):
             # Right after mounting, without --mem-prealloc: the host faults RAM in as the machine first uses it.
             subprocess.run([*RINUXFS, "mount", str(image), str(rmnt), "--mem", args.mem], check=True)
             try:
