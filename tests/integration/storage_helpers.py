@@ -192,6 +192,21 @@ def kmsg(mnt: Mounted) -> str:
     return (mnt / "proc/kmsg").read_text()
 
 
+def write_attr(path: Path, value: str) -> int:
+    """Write an attribute with one write(2); 0 on success, else the errno."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as e:
+        return e.errno or -1
+    try:
+        os.write(fd, value.encode())
+    except OSError as e:
+        return e.errno or -1
+    finally:
+        os.close(fd)
+    return 0
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

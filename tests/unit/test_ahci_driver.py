@@ -438,6 +438,28 @@ def test_a_long_scattered_request_becomes_several_ncq_commands(machine: Machine,
     assert machine.ram(segments) == machine.data[16 * SECTOR : (16 + pages * 8) * SECTOR]
 
 
+def test_an_ncq_error_fails_its_tag_and_the_innocent_tags_go_again(machine: Machine) -> None:
+    """ata_eh_analyze_ncq_error: log 10h names the failed tag; the device aborted the others, which are retried."""
+    pages = PRDS_PER_TABLE + 100
+    segments = machine.segments(pages * PAGE_SIZE, scatter=True)
+    bad = 16 + 8 * 10  # in the first of the two commands
+    machine.driver.hba.badblocks.set(bad, 1)
+    counts = machine.driver.counts
+    before = counts["READ FPDMA QUEUED"]  # the partition scan's reads at boot
+    with pytest.raises(AtaError) as info:
+        machine.execute(ReqOp.READ, 16, pages * 8, segments)
+    assert info.value.errno == errno.ENODATA and info.value.bad_lba == bad and not info.value.retry
+    assert counts["READ FPDMA QUEUED"] - before == 3  # 2 issued, then the innocent one again
+    assert counts["READ LOG EXT"] == 1
+    second = segments[PRDS_PER_TABLE:]
+    start = 16 + PRDS_PER_TABLE * 8
+    assert machine.ram(second) == machine.data[start * SECTOR : (start + 100 * 8) * SECTOR]
+    log = machine.log().splitlines()
+    assert log.count("ata1.00: failed command: READ FPDMA QUEUED") == 1  # only the culprit is reported
+    assert any(line.endswith("Emask 0x409 (media error) <F>") for line in log)
+    assert "sd 0:0:0:0: [sda] tag#0 Add. Sense: Unrecovered read error - auto reallocate failed" in log
+
+
 def test_a_large_contiguous_segment_takes_several_prds(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
     driver = machine.driver
     prepared: list[list[tuple[int, int]]] = []
