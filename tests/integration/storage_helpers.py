@@ -41,6 +41,16 @@ first-lba: 2048
 GPT_PARTS = {1: (2048, 32768), 2: (34816, 32768), 4: (67584, 61440)}  # number: (start, sectors)
 SWAP_UUID = "11111111-2222-3333-4444-555555555555"
 
+# Partitions 1, 2 and 4 of 8 MiB, 8 MiB and the rest (of a 32 MiB disk: starts 2048, 18432, 34816).
+THREE_PARTS_GPT = """label: gpt
+label-id: 01234567-89AB-CDEF-0123-456789ABCDEF
+unit: sectors
+first-lba: 2048
+1 : start=2048, size=8MiB, type=linux, name="one"
+2 : size=8MiB, type=linux, name="two"
+4 : type=linux, name="four"
+"""
+
 # An extended partition with two logicals (storage.md §3.3).
 MBR_SCRIPT = """label: dos
 label-id: 0xdeadbeef
@@ -190,6 +200,15 @@ def diskstats(mnt: Mounted) -> dict[str, list[int]]:
 
 def kmsg(mnt: Mounted) -> str:
     return (mnt / "proc/kmsg").read_text()
+
+
+def errno_of(call: Callable[[], object]) -> int:
+    """The errno `call` fails with, 0 if it does not."""
+    try:
+        call()
+    except OSError as e:
+        return e.errno or -1
+    return 0
 
 
 def write_attr(path: Path, value: str) -> int:

@@ -19,7 +19,7 @@ import mmap
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,8 +29,10 @@ from tests.integration.storage_helpers import (
     CTRL,
     MIB,
     SECTOR,
+    THREE_PARTS_GPT,
     Controller,
     diskstats,
+    errno_of,
     image_slice,
     kmsg,
     mounted,
@@ -38,14 +40,6 @@ from tests.integration.storage_helpers import (
     write_attr,
 )
 
-SCRIPT = """label: gpt
-label-id: 01234567-89AB-CDEF-0123-456789ABCDEF
-unit: sectors
-first-lba: 2048
-1 : start=2048, size=8MiB, type=linux, name="one"
-2 : size=8MiB, type=linux, name="two"
-4 : type=linux, name="four"
-"""
 P1, P2 = 2048, 18432  # first sectors of partitions 1 and 2
 BAD = P2 + 8 * 100 + 3  # a sector inside page 100 of partition 2
 PAGE = 4096
@@ -53,7 +47,7 @@ PAGE = 4096
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sfdisk_image(tmp_path_factory.mktemp("faults") / "disk.img", SCRIPT, 32 * MIB, fill_seed=8)
+    return sfdisk_image(tmp_path_factory.mktemp("faults") / "disk.img", THREE_PARTS_GPT, 32 * MIB, fill_seed=8)
 
 
 @pytest.fixture
@@ -114,14 +108,6 @@ def write_direct(m: Mounted, dev: str, offset: int, data: bytes) -> None:
     finally:
         buf.close()
         os.close(fd)
-
-
-def errno_of(call: Callable[[], object]) -> int:
-    try:
-        call()
-    except OSError as e:
-        return e.errno or -1
-    return 0
 
 
 class Log:

@@ -27,6 +27,7 @@ from tests.integration.storage_helpers import (
     SECTOR,
     Controller,
     diskstats,
+    errno_of,
     expected_lsblk,
     hash_outside,
     image_slice,
@@ -36,15 +37,8 @@ from tests.integration.storage_helpers import (
     sfdisk_image,
     sha,
 )
+from tests.integration.storage_helpers import THREE_PARTS_GPT as SCRIPT
 
-SCRIPT = """label: gpt
-label-id: 01234567-89AB-CDEF-0123-456789ABCDEF
-unit: sectors
-first-lba: 2048
-1 : start=2048, size=8MiB, type=linux, name="one"
-2 : size=8MiB, type=linux, name="two"
-4 : type=linux, name="four"
-"""
 PARTS = {1: (2048, 16384), 2: (18432, 16384), 4: (34816, 28672)}  # number: (start, sectors), as sfdisk lays them
 
 # Partitions that are not page-aligned, and one whose size is not a page multiple (old DOS style).
@@ -98,14 +92,6 @@ def scratch(image: Path, tmp_path: Path) -> Path:
 def aligned(size: int) -> mmap.mmap:
     """A page-aligned buffer, as O_DIRECT wants memory aligned too."""
     return mmap.mmap(-1, max(size, mmap.PAGESIZE))
-
-
-def errno_of(call: Callable[[], object]) -> int:
-    try:
-        call()
-    except OSError as e:
-        return e.errno or -1
-    return 0
 
 
 def devices(ctrl: Controller, parts: dict[int, tuple[int, int]]) -> dict[str, tuple[int, int]]:
