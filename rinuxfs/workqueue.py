@@ -11,12 +11,13 @@ Contract:
   it runs items as they come, between FUSE requests (the request loop serves one at a time).
 - `flush()` runs everything pending now (flush_workqueue): the kernel calls it before it syncs
   at unmount, and tests without a daemon call it.
-- An item that fails with KernelError is logged and dropped: one failing item never stops the
-  worker or the ones after it.
+- An item that fails (KernelError, or a bug) is logged and dropped: one failing item never stops
+  the worker, the ones after it, or the daemon.
 """
 
 from __future__ import annotations
 
+import traceback
 from collections import deque
 from collections.abc import Callable
 
@@ -44,10 +45,15 @@ class WorkQueue:
     def flush(self) -> None:
         while self._items:
             fn = self._items.popleft()
+            name = getattr(fn, "__qualname__", repr(fn))
             try:
                 fn()
             except KernelError as e:
-                self.log.err(f"workqueue: {getattr(fn, '__qualname__', fn)} failed: {e}")
+                self.log.err(f"workqueue: {name} failed: {e}")
+            except Exception as e:  # noqa: BLE001 - a bug in one item must not stop the daemon serving
+                self.log.err(f"rinuxfs: BUG in work item {name}: {e!r}")
+                for line in traceback.format_exc().splitlines():
+                    self.log.printk(7, line)
 
     async def worker(self) -> None:
         while True:

@@ -657,7 +657,7 @@ class AhciDriver:
                 self.errors += 1
                 raise
             self.counts["done"] += 1  # iodone_cnt
-            if self.disk.queue.should_fake_timeout():
+            if self.disk is not None and self.disk.queue.should_fake_timeout():
                 self._scsi_timeout(req)
             return
 

@@ -449,6 +449,9 @@ class NvmeDriver:
         try:
             self._admin("Identify Controller", AdminOpcode.IDENTIFY, prp1=pfn << PAGE_SHIFT, cdw10=0x01)
             ident = IdentifyController.parse(bytes(page))
+        except NvmeError as e:  # nvme_init_identify: the status is logged, the reset fails with EIO
+            self.log.err(f"nvme {self.name}: Identify Controller failed ({e.nvme_status})")
+            raise KernelError(errno.EIO, f"{self.name}: Identify Controller failed") from None
         finally:
             self.mm.free_pages([pfn])
         self.id_ctrl = {"model": ident.mn, "serial": ident.sn, "firmware": ident.fr, "cntlid": ident.cntlid}

@@ -427,6 +427,18 @@ def test_nvme_reset_and_rescan_controller(nvme: Mounted, image: Path) -> None:
     assert reads_like_image(m, "nvme0n1", image, 0, 7 * PAGE)
 
 
+def test_nvme_admin_fault_inject_makes_a_reset_fail(nvme: Mounted) -> None:
+    m, fi = nvme, "sys/kernel/debug/nvme0/fault_inject"  # the controller's: requests without a gendisk
+    assert put(m, f"{fi}/probability", "100") == 0 and put(m, f"{fi}/verbose", "0") == 0
+    log = Log(m)
+    assert put(m, "sys/class/nvme/nvme0/reset_controller", "1") == errno.ENETRESET
+    assert log.lines()[:3] == ["nvme nvme0: Identify Controller failed (16385)",  # 0x4001: the default, DNR
+                               "nvme nvme0: Disabling device after reset failure: -5",
+                               "nvme0n1: detected capacity change from 65536 to 0"]
+    assert wait_until(lambda: gone(m / "dev/nvme0n1"), 5)
+    assert errno_of(lambda: (m / "sys/block/nvme0n1/size").read_text()) == errno.ENOENT
+
+
 def test_nvme_surprise_removal_kills_the_controller_and_pci_rescan_brings_it_back(nvme: Mounted,
                                                                                    image: Path) -> None:
     m = nvme
