@@ -1,7 +1,8 @@
 """The daemon: serves a booted kernel through FUSE until it is unmounted or signalled.
 
 Life cycle: `serve()` mounts (pyfuse3.init), reports readiness, runs the trio
-loop with pyfuse3's request workers and a signal watcher in one nursery, and
+loop with pyfuse3's request workers, a signal watcher and the kernel's
+workqueue worker in one nursery, and
 on the way out always flushes the kernel to the image, unmounts if the mount
 is still ours, and releases the kernel. SIGTERM, SIGINT and SIGHUP end it
 cleanly; so does `fusermount3 -u` (the request loop then returns by itself).
@@ -121,6 +122,7 @@ def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> Non
                 nursery.start_soon(watch_signals)
                 nursery.start_soon(after_init)
                 kernel.start(nursery)  # kswapd and the flusher: cancelled with the nursery at the end
+                nursery.start_soon(kernel.workqueue.worker)  # the kworker: deferred driver work between requests
                 await pyfuse3.main(min_tasks=1, max_tasks=1)
                 ended_by_host = not stopped_by_signal  # fusermount3 -u: the mount is already gone
                 nursery.cancel_scope.cancel()

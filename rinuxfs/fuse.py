@@ -56,6 +56,8 @@ class RinuxOperations(pyfuse3.Operations):
         super().__init__()
         self.kernel = kernel
         self.vfs = kernel.vfs
+        self.vfs.forget_entry = lambda parent, name: pyfuse3.invalidate_entry_async(parent.ino, name,
+                                                                                   ignore_enoent=True)
 
     # --- helpers -----------------------------------------------------------------------
 

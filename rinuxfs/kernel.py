@@ -5,8 +5,14 @@ controller, its driver, the partition scan), then the filesystems: rootfs
 (tmpfs) at /, proc at /proc, sysfs at /sys, devtmpfs at /dev, debugfs at
 /sys/kernel/debug. Subsystems register what /sys shows with the driver core
 (`self.core`) as they boot; sysfs and debugfs only render it. The kernel owns
-the clock, the kernel log and the task table; nothing is module-global, so a
-test can build a whole kernel in one line and close it.
+the clock, the kernel log, the task table, the workqueue and the fault
+injection attributes (it is configured like a debug kernel: fail_make_request,
+fail_io_timeout, fail_page_alloc and the NVMe fault_inject directories are in
+debugfs, and the machine's own faults under debugfs rinuxfs/<controller>/);
+nothing is module-global, so a test can build a whole kernel in one line and
+close it. Disks come and go at any time (hot removal, PCI rescan, SCSI scan):
+the block registry's listeners scan a new disk's partitions and give it page
+caches and /dev nodes, and take them away again.
 """
 
 from __future__ import annotations
@@ -25,13 +31,17 @@ import trio
 from rinuxfs import __version__
 from rinuxfs.block.genhd import BlockDevice, BlockRegistry, Gendisk
 from rinuxfs.block.partitions import probe
+from rinuxfs.block.queue import BlockEnv
+from rinuxfs.drivers.ahci import AHCI_PCI_ADDRESS, AHCI_PCI_IDS, AhciDriver
 from rinuxfs.drivers.ahci import FIRMWARE as AHCI_FIRMWARE
 from rinuxfs.drivers.ahci import MODEL as AHCI_MODEL
-from rinuxfs.drivers.ahci import AhciDriver
 from rinuxfs.drivers.base.core import DriverCore
 from rinuxfs.drivers.base.cpu import register_cpu_devices
+from rinuxfs.drivers.base.debugfs import debugfs_create_dir, debugfs_create_file, fault_create_debugfs_attr
+from rinuxfs.drivers.base.device import Device
 from rinuxfs.drivers.base.node import register_node_devices
-from rinuxfs.drivers.nvme import NvmeDriver
+from rinuxfs.drivers.nvme import NVME_PCI_ADDRESS, NVME_PCI_IDS, NvmeDriver
+from rinuxfs.drivers.pci import PciBus, PciSlot, Remove
 from rinuxfs.errors import KernelError
 from rinuxfs.fs.debugfs import DebugfsSuperBlock
 from rinuxfs.fs.devfs import DevSuperBlock
@@ -45,9 +55,11 @@ from rinuxfs.hw.irq import IrqChip
 from rinuxfs.hw.nvme import NvmeController
 from rinuxfs.hw.ram import MAX_RAM, PAGE_SIZE
 from rinuxfs.ksysfs import register_kernel_attrs
+from rinuxfs.lib.fault_inject import FaultAttr, FaultEnv
 from rinuxfs.lib.serial import drive_serial
 from rinuxfs.mm.bdev_mapping import BlockDeviceMapping
 from rinuxfs.mm.core import MAX_NUMNODES, MemoryManager
+from rinuxfs.mm.fail_page_alloc import FailPageAlloc
 from rinuxfs.mm.memblock import (
     KERNEL_BSS_KB,
     KERNEL_CODE_KB,
@@ -63,6 +75,7 @@ from rinuxfs.printk import KERN_EMERG, KERN_NOTICE, KernelLog, LogRecord
 from rinuxfs.psi import Psi
 from rinuxfs.sched import Clock, CpuAccounting, LoadAverage, Task, TaskTable
 from rinuxfs.units import format_size
+from rinuxfs.workqueue import WorkQueue
 
 KERNEL_RELEASE = "6.18.0-rinuxfs"
 KERNEL_VERSION = "#1 SMP PREEMPT_DYNAMIC Wed Nov 25 00:00:00 UTC 2026"
@@ -88,6 +101,7 @@ class KernelConfig:
     swap: str = "auto"  # auto | off | DEV[:PRIO][,DEV[:PRIO]...]
     oom: str = "kill"  # kill | errno
     tmpfs_huge: str = "never"  # the rootfs huge= option: never | always | within_size | advise
+    fault_seed: int = 0  # the seed of fault injection's random draws: the same seed, the same failures
 
 
 @dataclass
@@ -125,8 +139,11 @@ class Kernel:
         self.current: Credentials = ROOT_CRED
         self.on_panic: Callable[[str], None] | None = None  # the daemon's way to stop dead
         self.image: DiskImage | None = None
+        self.workqueue = WorkQueue(self.log)
         self._boot_banner()
+        self._boot_fault_injection()
         self.mm = self._boot_mm()
+        self.mm.should_fail_alloc_page = self.fail_page_alloc.should_fail_alloc_page
         self.cpus = self._boot_cpus()
         register_cpu_devices(self.core, self)
         register_node_devices(self.core, self.mm, self.cpus)
@@ -156,6 +173,31 @@ class Kernel:
         cmdline = f"console=ttyS0 mem={c.mem >> 20}M nr_cpus={c.cpus}" + (" gpt" if c.force_gpt else "") \
             + (f" numa=fake={c.numa}" if c.numa > 1 else "")
         self.log.info(f"Command line: {cmdline}")
+
+    def _boot_fault_injection(self) -> None:
+        """CONFIG_FAULT_INJECTION and friends: the capabilities, each a debugfs directory (lib/fault-inject.c)."""
+        u = self.utsname
+        self.fault_env = FaultEnv(self.log.printk, current=self._current_task, whoami=self._whoami,
+                                  jiffies=self.clock.uptime_ticks, cpu=self.current_cpu, release=u.release,
+                                  version=u.version, seed=self.config.fault_seed)
+        debugfs = self.core.debugfs
+        self.fail_make_request = FaultAttr("fail_make_request", self.fault_env)
+        fault_create_debugfs_attr("fail_make_request", debugfs, self.fail_make_request)
+        self.fail_io_timeout = FaultAttr("fail_io_timeout", self.fault_env)
+        fault_create_debugfs_attr("fail_io_timeout", debugfs, self.fail_io_timeout)
+        self.fail_page_alloc = FailPageAlloc(FaultAttr("fail_page_alloc", self.fault_env))
+        self.fail_page_alloc.debugfs(debugfs)
+        self.machine_faults = debugfs_create_dir("rinuxfs", debugfs)  # the test bench's knobs, not Linux's
+
+    def _current_task(self) -> Task | None:
+        """The task a fault check runs for, if the machine knows it (a plain lookup: no adoption)."""
+        return self.tasks.tasks.get(self.current.pid) if hasattr(self, "tasks") else None
+
+    def _whoami(self) -> tuple[int, int, str]:
+        task = self.tasks.get(self.current.pid) if hasattr(self, "tasks") else None
+        if task is None:
+            return self.current.pid, self.current.uid, "?"
+        return task.pid, task.uid, task.comm
 
     def _boot_mm(self) -> MemoryManager:
         c = self.config
@@ -244,11 +286,15 @@ class Kernel:
         self.oom_adj_warned = False
 
     def _boot_storage(self) -> None:
-        """Find the disk as Linux does: controller probe, gendisk, then the partition scan."""
+        """Build the machine's controller and find the disk as Linux does: PCI scan, driver probe, partitions."""
         self.irqs = IrqChip(self.config.cpus)
-        self.block = BlockRegistry(self.core)
+        env = BlockEnv(self.log.printk, self.clock.uptime_ticks, self.fail_make_request, self.fail_io_timeout)
+        self.block = BlockRegistry(self.core, env)
+        self.block.disk_added.append(self._disk_added)
+        self.block.disk_removed.append(self._disk_removed)
         self.bdev_mappings: dict[str, BlockDeviceMapping] = {}
         self.storage_driver: NvmeDriver | AhciDriver | None = None
+        self.pci = PciBus(self.core, self.log)
         if self.config.image is None:
             return
         self.image = DiskImage(self.config.image, self.config.read_only)
@@ -261,43 +307,87 @@ class Kernel:
         if not self.image.locked:
             self.log.warn("rinuxfs: the image's filesystem has no OFD locks: another writer is not kept out")
         if self.config.controller == "nvme":
-            disk = self._probe_nvme()
+            self._machine_nvme()
         elif self.config.controller == "ahci":
-            disk = self._probe_ahci()
+            self._machine_ahci()
         else:
             raise KernelError(errno.EINVAL, f"unknown controller {self.config.controller!r}: nvme or ahci")
-        disk.queue.log = self.log  # blk_print_req_error's lines
-        self._scan_partitions(disk)
 
-    def _probe_nvme(self) -> Gendisk:
-        driver: NvmeDriver | None = None
+    def _machine_faults(self, name: str, knobs: list[tuple[str, Callable[[], str], Callable[[str], None]]]) -> None:
+        directory = debugfs_create_dir(name, self.machine_faults)
+        for knob, show, store in knobs:
+            debugfs_create_file(knob, 0o600, directory, show, store)
 
+    def _machine_nvme(self) -> None:
+        """The NVMe controller in slot 00:04.0; the PCI scan binds the nvme driver to it."""
         def raise_msix(vector: int) -> None:
-            if driver is not None:
+            driver = self.storage_driver
+            if isinstance(driver, NvmeDriver):
                 driver.raise_msix(vector)
 
-        ctrl = NvmeController(self.mm.ram, self.image, raise_irq=raise_msix,  # type: ignore[arg-type]
+        assert self.image is not None  # _boot_storage opened it
+        ctrl = NvmeController(self.mm.ram, self.image, raise_irq=raise_msix,
                               lba_size=self.config.lba_size, max_queue_pairs=64,
                               serial=drive_serial(self.config.image), model="rinuxfs NVMe disk", firmware=__version__)
+        self._machine_faults("nvme0", ctrl.fault_knobs())
+        self.pci.add_slot(PciSlot(NVME_PCI_ADDRESS, NVME_PCI_IDS, "nvme", lambda: ctrl.present,
+                                  lambda dev: self._bind_nvme(ctrl, dev)))
+
+    def _bind_nvme(self, ctrl: NvmeController, pci: Device) -> Remove:
         driver = NvmeDriver(ctrl, self.mm, self.irqs, self.log, self.config.cpus, self.block.next_nvme_instance(),
-                            self.core)
+                            self.core, fault_env=self.fault_env, wait=self.clock.advance,
+                            queue_work=self.workqueue.queue_work)
         self.storage_driver = driver
-        return driver.probe(self.block)
+        try:
+            driver.probe(self.block, pci)
+        except KernelError:
+            self.block.release_nvme_instance(driver.instance)
+            raise
+        return driver.remove
 
-    def _probe_ahci(self) -> Gendisk:
-        """The HBA over the kernel's RAM and the image, its interrupt through the IrqChip, then ahci's probe."""
-        driver: AhciDriver | None = None
-
+    def _machine_ahci(self) -> None:
+        """The AHCI HBA in slot 00:1f.2 over the kernel's RAM and the image; the PCI scan binds ahci to it."""
         def raise_irq(vector: int) -> None:
-            if driver is not None and driver.irq:
+            driver = self.storage_driver
+            if isinstance(driver, AhciDriver) and driver.irq:
                 self.irqs.raise_irq(driver.irq)
 
         assert self.image is not None  # _boot_storage opened it
         hba = AhciHba(self.mm.ram, self.image, raise_irq=raise_irq,
                       serial=drive_serial(self.config.image), model=AHCI_MODEL, firmware=AHCI_FIRMWARE)
-        driver = AhciDriver(hba, self.mm, self.irqs, self.log, self.core, read_only=self.image.read_only)
+        self._machine_faults("ata1", hba.fault_knobs())
+        self.pci.add_slot(PciSlot(AHCI_PCI_ADDRESS, AHCI_PCI_IDS, "ahci", lambda: True,
+                                  lambda dev: self._bind_ahci(hba, dev)))
+
+    def _bind_ahci(self, hba: AhciHba, pci: Device) -> Remove:
+        driver = AhciDriver(hba, self.mm, self.irqs, self.log, self.core, read_only=self.config.read_only,
+                            wait=self.clock.advance, queue_work=self.workqueue.queue_work)
         self.storage_driver = driver
-        return driver.probe(self.block)
+        driver.probe(self.block, pci)
+        return driver.remove
+
+    def _disk_added(self, disk: Gendisk) -> None:
+        """A disk was registered (boot, rescan, re-attach): its partitions, page caches and /dev nodes."""
+        self._scan_partitions(disk)
+        devfs = getattr(self, "devfs", None)
+        if devfs is not None:
+            for dev in disk.devices():
+                devfs.add_block_device(self.mm, dev, self.bdev_mappings[dev.name])
+
+    def _disk_removed(self, disk: Gendisk) -> None:
+        """del_gendisk: a live disk's page caches are written back first (sync_blockdev), then dropped."""
+        devfs = getattr(self, "devfs", None)
+        for dev in disk.devices():
+            mapping = self.bdev_mappings.pop(dev.name, None)
+            if mapping is not None:
+                if not disk.dead:
+                    try:
+                        mapping.writeback()
+                    except KernelError as e:
+                        self.log.err(f"rinuxfs: {dev.name}: writeback before removal failed: {e.args[0]}")
+                mapping.discard_all()
+            if devfs is not None:
+                devfs.remove_block_device(dev.name)
 
     def _scan_partitions(self, disk: Gendisk) -> None:
         mapping = self.bdev_mappings[disk.name] = BlockDeviceMapping(self.mm, disk.whole)
@@ -442,14 +532,31 @@ class Kernel:
             self.on_panic(reason)
 
     def sync(self) -> None:
-        """Write every dirty page to the disk, flush the device's cache, then the image file."""
-        for mapping in self.bdev_mappings.values():
-            mapping.writeback()
-        for disk in self.block.disks:
-            if not disk.read_only:
-                self.bdev_mappings[disk.name].flush()
+        """Write every dirty page to the disk, flush the device's cache, then the image file.
+
+        Pending work runs first (a removal the workqueue holds). A device that fails does not stop
+        the others: everything is tried, each failure logged, and the first one raised at the end,
+        so the unmount finishes whatever state the disk is in and still says that data was lost.
+        """
+        self.workqueue.flush()
+        failures: list[KernelError] = []
+        for mapping in list(self.bdev_mappings.values()):
+            try:
+                mapping.writeback()
+            except KernelError as e:
+                self.log.err(f"rinuxfs: sync: {e.args[0]}")
+                failures.append(e)
+        for disk in list(self.block.disks):
+            if not disk.read_only and not disk.dead and disk.name in self.bdev_mappings:
+                try:
+                    self.bdev_mappings[disk.name].flush()
+                except KernelError as e:
+                    self.log.err(f"rinuxfs: sync: {disk.name}: {e.args[0]}")
+                    failures.append(e)
         if self.image is not None:
             self.image.flush()
+        if failures:
+            raise failures[0]
 
     def close(self) -> None:
         if self.image is not None:

@@ -31,6 +31,14 @@ class Clock:
     def uptime(self) -> float:
         return time.monotonic() - self._boot_mono
 
+    def advance(self, seconds: float) -> None:
+        """Time the machine spent waiting without the host waiting (a request timeout): uptime jumps ahead.
+
+        The boot time stays what it was, so the simulated machine's wall clock (btime + uptime)
+        runs ahead of the host's by the waits skipped so far.
+        """
+        self._boot_mono -= seconds
+
     def uptime_usec(self) -> int:
         return int(self.uptime() * 1_000_000)
 
@@ -53,6 +61,8 @@ class Task:
     oom_killed: bool = False  # chosen by the OOM killer: never chosen again
     host: bool = False  # a host process seen through the mount
     cmdline: list[str] = field(default_factory=list)
+    make_it_fail: bool = False  # /proc/<pid>/make-it-fail, for fault injection's task-filter; inherited
+    fail_nth: int = 0  # /proc/<pid>/fail-nth: the n-th fault-injection check of this task fails
 
 
 class TaskTable:
@@ -101,6 +111,8 @@ class TaskTable:
         except OSError:
             return None
         task = Task(pid, comm, 1, "S", self.clock.uptime_ticks(), st.st_uid, st.st_gid, host=True, cmdline=cmdline)
+        parent = self.tasks.get(_host_ppid(pid))
+        task.make_it_fail = parent is not None and parent.make_it_fail  # copied at fork, as dup_task_struct does
         self.tasks[pid] = task
         self.last_pid = max(self.last_pid, pid)
         self.forks += 1
@@ -112,6 +124,14 @@ class TaskTable:
 
 def _host_alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
+
+
+def _host_ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class CpuAccounting:

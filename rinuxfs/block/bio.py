@@ -14,12 +14,23 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from rinuxfs.block import stats
+from rinuxfs.errors import KernelError
 
 if TYPE_CHECKING:
     from rinuxfs.block.genhd import BlockDevice
 
 SECTOR_SHIFT = 9
 SECTOR_SIZE = 1 << SECTOR_SHIFT
+
+# Request flags (enum req_flag_bits, above the 8 op bits), those the simulated kernel sets.
+REQ_FAILFAST_DEV = 1 << 8
+REQ_FAILFAST_TRANSPORT = 1 << 9
+REQ_FAILFAST_DRIVER = 1 << 10
+REQ_SYNC = 1 << 11
+REQ_IDLE = 1 << 15
+REQ_FUA = 1 << 17
+REQ_RAHEAD = 1 << 19
+REQ_FAILFAST_MASK = REQ_FAILFAST_DEV | REQ_FAILFAST_TRANSPORT | REQ_FAILFAST_DRIVER
 
 
 class ReqOp(IntEnum):
@@ -51,6 +62,9 @@ class Bio:
     segments: list[Segment] = field(default_factory=list)
     bdev: BlockDevice | None = None  # the partition (or whole disk) it was submitted to, for its statistics
     fua: bool = False
+    flags: int = 0  # REQ_* bits: REQ_RAHEAD for readahead, REQ_SYNC for O_DIRECT and fsync writeback
+    error: KernelError | None = None  # how it ended, once its batch was submitted (bi_status)
+    parent: Bio | None = None  # the bio this one was split from (bio_split)
 
     @property
     def end_sector(self) -> int:
@@ -65,11 +79,22 @@ class Request:
     segments: list[Segment]
     bios: list[Bio]
     fua: bool = False
+    flags: int = 0
     start_ns: int = field(default_factory=time.monotonic_ns)
+    retries: int = 0  # times the driver requeued it (nvme_req(rq)->retries, scmd->retries)
+    waited_ns: int = 0  # simulated time it spent in timeouts, which the clock skipped (see block/queue.py)
 
     @classmethod
     def from_bio(cls, bio: Bio) -> Request:
-        return cls(bio.op, bio.sector, bio.nr_sectors, list(bio.segments), [bio], bio.fua)
+        flags = bio.flags | (REQ_FUA if bio.fua else 0)
+        if flags & REQ_RAHEAD:  # blk_mq_bio_to_request: readahead is failfast, never retried by the driver
+            flags |= REQ_FAILFAST_MASK
+        return cls(bio.op, bio.sector, bio.nr_sectors, list(bio.segments), [bio], bio.fua, flags)
+
+    @property
+    def failfast(self) -> bool:
+        """blk_noretry_request: any FAILFAST bit."""
+        return bool(self.flags & REQ_FAILFAST_MASK)
 
     @property
     def end_sector(self) -> int:
@@ -83,6 +108,7 @@ class Request:
             and bio.sector == self.end_sector
             and bio.bdev is self.bios[0].bdev
             and bio.fua == self.fua
+            and bio.flags == self.bios[0].flags
             and self.nr_sectors + bio.nr_sectors <= max_sectors
         )
 

@@ -7,6 +7,11 @@ Contract:
   and links block/<disk> to it; `register_partition(part, block_class)` does partitions/core.c's
   part for one partition, below its disk. Each sets `BlockDevice.device`.
 - `unregister_disk(disk, block_kobj)` takes the partitions, the block/ link and the disk out again.
+- The fault-injection kernel's files (CONFIG_FAIL_MAKE_REQUEST, CONFIG_FAIL_IO_TIMEOUT):
+  make-it-fail on disks and partitions (part_fail_store: sscanf "%d", a non-number changes
+  nothing and the write still succeeds), io-timeout-fail on disks (part_timeout_store:
+  simple_strtoul, so a non-number clears it); and badblocks on a disk whose driver keeps a
+  bad-block list (disk_visible shows it only when disk->bb is set).
 - Everything is rendered from the Gendisk and BlockDevice at each read; with the device core's
   own links (class/block/<name>, dev/block/MAJ:MIN, subsystem, device) that is the layout
   lsblk --sysroot walks:
@@ -18,6 +23,7 @@ Contract:
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from rinuxfs.block.blk_sysfs import add_queue_dir
@@ -48,6 +54,11 @@ def register_disk(disk: Gendisk, parent: Kobject, block_class: Class, block_kobj
     dev.add_attr("events_poll_msecs", const("-1\n"))
     kobject_create("slaves", dev)
     add_queue_dir(dev, disk.queue)
+    dev.add_attr("io-timeout-fail", lambda: f"{int(disk.queue.fail_io)}\n",
+                 lambda text: setattr(disk.queue, "fail_io", bool(_simple_strtoul(text))))
+    if disk.bb is not None:
+        bb = disk.bb
+        dev.add_attr("badblocks", bb.show, bb.store)
     whole.device = device_register(dev)
     sysfs_create_link(block_kobj, disk.name, dev)
     return dev
@@ -89,7 +100,21 @@ def _common_attrs(dev: Device, bdev: BlockDevice) -> None:
     dev.add_attr("discard_alignment", const("0\n"))
     dev.add_attr("stat", bdev.stats.render_stat)
     dev.add_attr("inflight", bdev.stats.render_inflight)
+    dev.add_attr("make-it-fail", lambda: f"{int(bdev.make_it_fail)}\n", lambda text: _store_make_it_fail(bdev, text))
     kobject_create("holders", dev)
+
+
+def _store_make_it_fail(bdev: BlockDevice, text: str) -> None:
+    """part_fail_store: sscanf("%d"); nothing parsed changes nothing, and the write succeeds anyway."""
+    m = re.match(r"\s*([+-]?\d+)", text)
+    if m is not None:
+        bdev.make_it_fail = int(m.group(1)) != 0
+
+
+def _simple_strtoul(text: str) -> int:
+    """simple_strtoul(buf, &p, 10): the leading decimal digits after blanks, 0 if there are none."""
+    m = re.match(r"\s*\+?(\d*)", text)
+    return int(m.group(1)) if m is not None and m.group(1) else 0
 
 
 def _part_uevent(part: BlockDevice) -> list[str]:

@@ -8,8 +8,17 @@ Contract:
   sorted lists dispatch a backlog), then the driver executes them.
 - Execution is synchronous: the simulated controller runs when its doorbell
   rings and its interrupt completes the request before `execute` returns.
-  So `submit` returns with every bio done, or raises the first failure as
-  KernelError with the errno the driver mapped.
+  So `submit` returns with every bio done. Each request ends on its own: a
+  failed one marks its bios (`bio.error`, bi_status) and the others still
+  run; then the first failure is raised, as KernelError with the errno the
+  driver mapped (a BlkError, whose blk_print_req_error line is printed here,
+  ratelimited, unless the request was quiet or the disk is dead).
+- A driver's timeout handling accounts the time it would have waited in
+  `req.waited_ns` (the simulated clock skips it, see the drivers); the
+  statistics count it as the request's time, as Linux's would.
+- Fault injection (block/fault_inject.py): `fail_io` is QUEUE_FLAG_FAIL_IO
+  (sysfs io-timeout-fail), and `should_fake_timeout()` is what drivers ask
+  at completion time (blk_should_fake_timeout).
 - Every request is accounted on the whole disk and on the partition of its
   bios: ios, merges, sectors, time, in-flight, io_ticks.
 - The limits are those sysfs `queue/` shows (block/blk_sysfs.py parses what
@@ -26,12 +35,15 @@ from __future__ import annotations
 
 import errno
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp, Request
+from rinuxfs.block.errors import BLK_ERRORS, BlkError
 from rinuxfs.errors import KernelError
-from rinuxfs.printk import KernelLog
+from rinuxfs.lib.fault_inject import FaultAttr
+from rinuxfs.lib.ratelimit import DEFAULT_RATELIMIT_BURST, DEFAULT_RATELIMIT_SECONDS, RateLimit
 
 if TYPE_CHECKING:
     from rinuxfs.block.genhd import BlockDevice, Gendisk
@@ -44,6 +56,24 @@ HZ = 100  # the simulated kernel's tick rate (sched.USER_HZ): what rq_timeout co
 DEFAULT_RQ_TIMEOUT = 30 * HZ  # NVME_IO_TIMEOUT and SD_TIMEOUT: 30 s
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
+IOPRIO_CLASS_BE = 2  # what a task without an I/O priority gets from its nice value
+KERN_ERR, KERN_WARNING, KERN_INFO = 3, 4, 6
+
+
+def _no_log(level: int, text: str) -> None:
+    return None
+
+
+@dataclass
+class BlockEnv:
+    """What the block layer of one kernel shares: printk, jiffies, the fault attributes, ratelimits."""
+
+    printk: Callable[[int, str], None] = _no_log
+    jiffies: Callable[[], int] = lambda: 0
+    fail_make_request: FaultAttr | None = None
+    fail_io_timeout: FaultAttr | None = None
+    req_error_rl: RateLimit = field(
+        default_factory=lambda: RateLimit(DEFAULT_RATELIMIT_SECONDS * HZ, DEFAULT_RATELIMIT_BURST))
 
 # blk_errors[] (block/blk-core.c): the name of a status, by the errno it maps to
 _ERROR_NAMES = {
@@ -99,7 +129,8 @@ class RequestQueue:
         self.limits = limits
         self.scheduler = scheduler
         self.disk: Gendisk | None = None
-        self.log: KernelLog | None = None
+        self.env = BlockEnv()  # the registry's, once the disk is added
+        self.fail_io = False  # QUEUE_FLAG_FAIL_IO: sysfs io-timeout-fail
         # nr_requests is the block layer's, not the driver's: the tag set's depth, or the elevator's tags.
         limits.nr_requests = self._default_nr_requests(scheduler)
         # queue flags and tunables (struct request_queue), as a blk-mq queue starts with them
@@ -188,12 +219,28 @@ class RequestQueue:
 
     # --- I/O ---------------------------------------------------------------------------------
 
+    def should_fake_timeout(self) -> bool:
+        """blk_should_fake_timeout: drop this completion? Asked by drivers at completion (interrupt) time."""
+        attr = self.env.fail_io_timeout
+        return self.fail_io and attr is not None and attr.should_fail(
+            1, in_task=False, stack=("blk_should_fake_timeout", "__handle_irq_event_percpu", "handle_irq_event"))
+
     def submit(self, bios: list[Bio]) -> None:
         requests = self._build_requests(bios)
         if self.scheduler == "mq-deadline" and len(requests) > 1:
             requests.sort(key=lambda r: (r.op != ReqOp.READ, r.sector))
+        first: KernelError | None = None
         for req in requests:
-            self._execute(req)
+            try:
+                self._execute(req)
+            except KernelError as e:  # this request ended with an error; the others still run
+                for bio in req.bios:
+                    bio.error = e
+                    if bio.parent is not None:  # a piece of a split bio: the bio itself failed
+                        bio.parent.error = e
+                first = first or e
+        if first is not None:
+            raise first
 
     def _build_requests(self, bios: list[Bio]) -> list[Request]:
         max_sectors = self.limits.max_sectors
@@ -230,7 +277,7 @@ class RequestQueue:
                 else:
                     segments[0] = (addr + n, length - n)
                 want -= n
-            pieces.append(Bio(bio.op, sector, take, segs, bio.bdev, bio.fua))
+            pieces.append(Bio(bio.op, sector, take, segs, bio.bdev, bio.fua, bio.flags, parent=bio))
             sector += take
             remaining -= take
         return pieces
@@ -250,22 +297,28 @@ class RequestQueue:
         start = time.monotonic_ns()
         try:
             self.driver.execute(req)
-        except KernelError as e:
-            self._print_req_error(req, e.errno)
+        except BlkError as e:
+            if not e.quiet and not (self.disk is not None and self.disk.dead):
+                self._print_req_error(req, e)
             raise
         finally:
-            elapsed = time.monotonic_ns() - start
+            elapsed = time.monotonic_ns() - start + req.waited_ns
             sectors = req.nr_sectors if req.op != ReqOp.FLUSH else 0
             for target in targets:
                 target.stats.done(group, sectors, elapsed)
 
-    def _print_req_error(self, req: Request, err: int) -> None:
-        """blk_print_req_error: one KERN_ERR line per failed request (not for EROFS: the write never left the host)."""
-        if self.log is None or self.disk is None or err == errno.EROFS:
+    def _print_req_error(self, req: Request, e: BlkError) -> None:
+        """blk_print_req_error (printk_ratelimited, KERN_ERR), once a request has failed for good."""
+        env = self.env
+        if not env.req_error_rl.allow(env.jiffies(), lambda text: env.printk(KERN_WARNING, text),
+                                      "blk_print_req_error"):
             return
-        name = _ERROR_NAMES.get(err, "I/O")
-        self.log.err(f"{name} error, dev {self.disk.name}, sector {req.sector} op {req.op.value:#x}:({req.op.name}) "
-                     f"flags {REQ_FUA if req.fua else 0:#x} phys_seg {len(req.segments)} prio class 2")
+        name = self.disk.name if self.disk is not None else "?"
+        sector = req.sector if e.sector is None else e.sector
+        op = req.op
+        env.printk(KERN_ERR, f"{BLK_ERRORS[e.status][1]} error, dev {name}, sector {sector} op {op.value:#x}:"
+                             f"({op.name}) flags {req.flags & ~0xFF:#x} phys_seg {len(req.segments)} "
+                             f"prio class {IOPRIO_CLASS_BE}")
 
     def _stat_targets(self, req: Request) -> list[BlockDevice]:
         if self.disk is None or not self.iostats:  # blk_do_io_stat: nothing is counted

@@ -9,6 +9,9 @@ the driver and the controller model, as block/fops.c does:
 - O_DIRECT I/O must be aligned to the logical block size (EINVAL otherwise)
   and bypasses the page cache;
 - fsync writes back and flushes the device cache; the last close writes back.
+- a device that goes away (hot removal) leaves /dev at once: lookups give
+  ENOENT, opening a node still held gives ENODEV, and I/O through a file
+  still open fails with EIO (its disk is dead).
 - A device error reaches a buffered reader and fsync as EIO, whatever the
   device said (filemap_read and filemap_write_and_wait report -EIO); O_DIRECT
   gets the block layer's own errno (ENODATA for a medium error), as in Linux.
@@ -24,7 +27,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp
+from rinuxfs.block.bio import REQ_IDLE, REQ_SYNC, SECTOR_SHIFT, Bio, ReqOp
 from rinuxfs.block.genhd import BlockDevice
 from rinuxfs.errors import KernelError
 from rinuxfs.fs.kernfs import GenDir
@@ -42,6 +45,7 @@ class DevSuperBlock(SuperBlock):
     fs_type = "devtmpfs"
     magic = TMPFS_MAGIC
     source = "devtmpfs"
+    entry_timeout = 1.0  # disks come and go (hot removal, rescan): the host forgets a name within a second
 
     def __init__(self, vfs: Vfs) -> None:
         super().__init__(vfs)
@@ -53,6 +57,13 @@ class DevSuperBlock(SuperBlock):
         self.root.static[bdev.name.encode()] = node
         self.nodes[bdev.name] = node
         return node
+
+    def remove_block_device(self, name: str) -> None:
+        """devtmpfs_delete_node: the node leaves /dev; files still open keep it, and fail."""
+        node = self.nodes.pop(name, None)
+        if node is not None and self.root.static.get(name.encode()) is node:
+            del self.root.static[name.encode()]
+            self.vfs.forget_entry(self.root, name.encode())  # the host's cached name goes at once
 
     def options(self) -> str:
         return "rw,mode=755"
@@ -85,6 +96,8 @@ class BlockDeviceNode(Inode):
         return None
 
     def open(self, flags: int, cred: Credentials) -> OpenFile:
+        if self.bdev.disk.dead:  # blkdev_get_by_dev of a disk that went away
+            raise KernelError(errno.ENODEV, f"{self.bdev.name}: no such device")
         if flags & os.O_ACCMODE != os.O_RDONLY and (self.bdev.read_only or self.bdev.disk.read_only):
             raise KernelError(errno.EROFS, f"{self.bdev.name} is read-only")
         return BlockDeviceFile(self, flags)
@@ -149,7 +162,8 @@ class BlockDeviceFile(OpenFile):
                 segments.append((addr, length))
                 if op == ReqOp.WRITE:
                     ram[addr : addr + length] = data[pos : pos + length]
-            node.bdev.submit([Bio(op, offset >> SECTOR_SHIFT, size >> SECTOR_SHIFT, segments)])
+            flags = REQ_SYNC if op == ReqOp.READ else REQ_SYNC | REQ_IDLE  # what blkdev_direct_IO sets
+            node.bdev.submit([Bio(op, offset >> SECTOR_SHIFT, size >> SECTOR_SHIFT, segments, flags=flags)])
             if op == ReqOp.READ:
                 return b"".join(bytes(ram[addr : addr + length]) for addr, length in segments)
             return b""

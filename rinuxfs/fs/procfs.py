@@ -25,6 +25,7 @@ from rinuxfs.fs.procfs_mm import (
 )
 from rinuxfs.fs.superblock import StatFs, SuperBlock
 from rinuxfs.fs.vfs import Inode, Vfs
+from rinuxfs.lib.kstrtox import kstrtoint, kstrtouint
 from rinuxfs.mm.vmstat import vmstat
 from rinuxfs.sched import Task
 
@@ -116,7 +117,27 @@ def make_pid_dir(root: GenDir, k: Kernel, pid: int) -> Inode:
     d.file("mounts", lambda: render_mounts(k))
     d.file("mountinfo", lambda: render_mountinfo(k))
     add_pid_mm_files(d, k, task)
+    # CONFIG_FAULT_INJECTION's per-task files (fs/proc/base.c proc_fault_inject_*, proc_fail_nth_*)
+    d.file("make-it-fail", lambda: f"{int(task().make_it_fail)}\n", store=lambda v: _store_make_it_fail(k, task(), v))
+    d.file("fail-nth", lambda: f"{task().fail_nth}\n", store=lambda v: _store_fail_nth(k, task(), v))
     return d
+
+
+def _store_fail_nth(k: Kernel, t: Task, text: str) -> None:
+    """proc_fail_nth_write: the n-th fault-injection check in this task fails (0: none)."""
+    t.fail_nth = kstrtouint(text, 0)
+    if t.fail_nth:
+        k.fault_env.fail_nth_armed = True
+
+
+def _store_make_it_fail(k: Kernel, t: Task, text: str) -> None:
+    """proc_fault_inject_write: CAP_SYS_RESOURCE (root here), then 0 or 1 (kstrtoint of the stripped text)."""
+    if k.current.uid != 0:
+        raise KernelError(errno.EPERM, "make-it-fail needs CAP_SYS_RESOURCE")
+    value = kstrtoint(text.strip(), 0)
+    if value not in (0, 1):
+        raise KernelError(errno.EINVAL, "make-it-fail takes 0 or 1")
+    t.make_it_fail = bool(value)
 
 
 # --- renderers ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import os
 import stat
 import time
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -250,6 +250,9 @@ class Vfs:
         self._mount_on: dict[int, Mount] = {}  # covered inode number -> mount
         self._next_mount_id = 20
         self._next_anon_minor = 20
+        # Set by the FUSE side: tell the host to forget a name it may hold in its dentry cache, for an
+        # entry that went away without a syscall (a disk removed under /dev). A no-op without a host.
+        self.forget_entry: Callable[[Inode, bytes], None] = lambda parent, name: None
 
     # --- inode numbers and the kernel's references ---------------------------------------
 

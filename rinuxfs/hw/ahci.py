@@ -63,6 +63,20 @@ Divergences from QEMU (hw/ide/ahci.c) and simplifications, each deliberate
   `service()` call are reported in one SDB FIS. Clearing PxCMD.ST also drops the commands queued
   in the device (their data could never move again); COMRESET, software reset and HBA reset
   cancel them too, and PxSACT keeps their bits until ST is cleared (§3.3.13).
+
+The medium's faults, and the link's (what a test bench does to a real drive)
+--------------------------------------------------------------------------
+* `badblocks` (lib/badblocks.py) is the medium's list of unreadable sectors: a read (DMA or
+  FPDMA) that touches one completes with ERR and UNC, the first bad sector in the task file's
+  LBA (and in the NCQ error log, log 10h), no data moved; a write over them succeeds and clears
+  them, as a drive reallocates the sectors it rewrites.
+* `fault_knobs()` lists the faults a debugfs directory offers, in the spec's words:
+  `interface_fatal_error` (write SError bits: the next read or write the HBA runs ends with
+  PxIS.IFS and those bits in PxSERR, the port stopped, as a link CRC or handshake error would),
+  `task_file_error` (write N: the next N reads or writes end with ERR and ABRT in the task
+  file, PxIS.TFES), `surprise_removal` (write 1: the disk is pulled, PxSSTS.DET 0, PhyRdy
+  and connect changes in PxSERR and PxIS, its queue lost, no COMRESET brings it back; write 0:
+  plugged in again, the link comes up with a fresh signature).
 """
 
 from __future__ import annotations
@@ -82,8 +96,12 @@ from rinuxfs.hw import ahci_layouts as L
 from rinuxfs.hw import ata
 from rinuxfs.hw.image import DiskImage
 from rinuxfs.hw.ram import PhysicalMemory
+from rinuxfs.lib.badblocks import BadBlocks
+from rinuxfs.lib.kstrtox import kstrtobool, kstrtouint
 
 SECTOR = ata.SECTOR_SIZE
+SERR_DIAG_W = 1 << 18  # Comm Wake: the phy saw a COMWAKE (a device was attached or detached)
+SERR_HANDSHAKE = 1 << 22  # DIAG.H: a handshake error, what interface_fatal_error sets by default
 _U32 = 0xFFFFFFFF
 _LBA48_MASK = (1 << 48) - 1
 
@@ -188,16 +206,18 @@ class _Port:
     def pxis(self, value: int) -> None:
         self.is_raw = value & ~L.PxIS_MIRRORS
 
+    device_present = True  # a disk is attached (surprise removal takes it away)
+
     @property
     def link_up(self) -> bool:
-        return (self.sctl & L.SCTL_DET_MASK) not in (L.SCTL_DET_COMRESET, L.SCTL_DET_OFFLINE)
+        return self.device_present and (self.sctl & L.SCTL_DET_MASK) not in (L.SCTL_DET_COMRESET, L.SCTL_DET_OFFLINE)
 
     @property
     def ssts(self) -> int:
         det = self.sctl & L.SCTL_DET_MASK
         if det == L.SCTL_DET_OFFLINE:
             return L.SCTL_DET_OFFLINE
-        return 0 if det == L.SCTL_DET_COMRESET else L.SSTS_LINK_UP
+        return 0 if det == L.SCTL_DET_COMRESET or not self.device_present else L.SSTS_LINK_UP
 
     @property
     def rx_fis(self) -> int:
@@ -336,9 +356,58 @@ class AhciHba:
         self.pi = 1
         self.vs = L.AHCI_VERSION_1_3_1
         self.zero = 0
+        self.badblocks = BadBlocks()  # the medium's unreadable sectors
+        self.interface_error = 0  # SError bits the next read/write ends with (fault injection)
+        self.task_file_errors = 0  # reads/writes still to fail with ERR/ABRT (fault injection)
         self.port = _Port()
         self._irq_due = False
         self._hba_reset()
+
+    # -----------------------------------------------------------------------------------------
+    # Fault injection (the test bench's, not the host's)
+    def fault_knobs(self) -> list[tuple[str, Callable[[], str], Callable[[str], None]]]:
+        """(name, show, store) of each fault, as a debugfs directory offers them."""
+        return [
+            ("interface_fatal_error", lambda: f"{self.interface_error:#x}\n", self._store_interface_error),
+            ("task_file_error", lambda: f"{self.task_file_errors}\n",
+             lambda text: setattr(self, "task_file_errors", kstrtouint(text, 0))),
+            ("surprise_removal", lambda: f"{int(not self.port.device_present)}\n",
+             lambda text: self.set_device_present(not kstrtobool(text))),
+        ]
+
+    def _store_interface_error(self, text: str) -> None:
+        bits = kstrtouint(text, 0) & L.SERR_IMPLEMENTED
+        self.interface_error = bits if bits or text.strip() in ("0", "0x0") else SERR_HANDSHAKE
+
+    def _injected_link_error(self, slot: int) -> bool:
+        """A pending interface error hits this command: SError bits, PxIS.IFS, the port stopped."""
+        if not self.interface_error:
+            return False
+        self.port.serr |= self.interface_error
+        self.interface_error = 0
+        self._fatal(L.PxIS_IFS, slot)
+        return True
+
+    def set_device_present(self, present: bool) -> None:
+        """Surprise removal (False) or insertion (True): the phy reports the change, the HBA interrupts."""
+        p = self.port
+        if present == p.device_present:
+            return
+        p.device_present = present
+        p.serr |= L.SERR_DIAG_N | SERR_DIAG_W | L.SERR_DIAG_X  # PhyRdy change, COMWAKE, device exchanged
+        if present:
+            if p.link_up:
+                self._device_reset(hard=True)
+                p.tfd = L.TFD_NO_DEVICE
+                self._signature_pending = True
+                self._post_signature()
+        else:
+            self._device_reset(hard=True)
+            self._halted = True  # nothing in flight can finish
+            p.tfd = L.TFD_NO_DEVICE
+            p.sig = L.SIG_NONE
+        self._port_irq(L.PxIS_PRCS | L.PxIS_PCS)
+        self._deliver_irq()
 
     # -----------------------------------------------------------------------------------------
     # MMIO
@@ -475,6 +544,8 @@ class AhciHba:
     def _link_up(self) -> None:
         """The phy is ready again: the disk sends its signature FIS, posted once FIS receive is on."""
         p = self.port
+        if not p.device_present:
+            return  # nothing answers the COMRESET: the link stays down
         self._device_reset(hard=True)
         p.serr |= L.SERR_DIAG_N | L.SERR_DIAG_X
         p.tfd = L.TFD_NO_DEVICE
@@ -617,6 +688,12 @@ class AhciHba:
 
     def _run_queued(self, q: _Queued) -> int:
         """Run one NCQ command; 1 if it completed (well or with an error), 0 on a fatal port error."""
+        if self._injected_link_error(q.tag):
+            return 0
+        if self.task_file_errors:
+            self.task_file_errors -= 1
+            self._ncq_error(q.tag, _ABORT, q.lba, q.nsect)
+            return 1
         header = self.port.cmd_list + q.tag * L.COMMAND_HEADER_SIZE
         try:
             self._check_struct(header, L.COMMAND_HEADER_SIZE)
@@ -650,8 +727,16 @@ class AhciHba:
         p = self.port
         p.cmd = (p.cmd & ~L.PxCMD_CCS_MASK) | (cmd.slot << L.PxCMD_CCS_SHIFT)
         spec = ATA_COMMANDS.get(cmd.command) if cmd.fis_ok and not self._srst else None
+        data = (spec is not None and spec.protocol in (Protocol.DMA_IN, Protocol.DMA_OUT)
+                and spec.handler != "_data_set_management")  # reads and writes, which faults may hit
+        if data and self._injected_link_error(cmd.slot):
+            return 0
         try:
-            outcome: _Outcome = _ABORT if spec is None else getattr(self, spec.handler)(cmd)
+            if data and self.task_file_errors:
+                self.task_file_errors -= 1
+                outcome: _Outcome = _ABORT
+            else:
+                outcome = _ABORT if spec is None else getattr(self, spec.handler)(cmd)
             self._set_prdbc(p.cmd_list + cmd.slot * L.COMMAND_HEADER_SIZE, outcome.nbytes)
             if outcome.status & ata.ATA_ERR:
                 self._error_log = ata.ncq_error_log(queued=False, tag=0, status=outcome.status,
@@ -727,6 +812,10 @@ class AhciHba:
         if write and self.medium.read_only:
             return _ABORT
         views, dps = self._prd_views(ctba, prdtl, nsect * SECTOR)
+        if not write and self.badblocks:
+            bad = self.badblocks.first_bad(lba, nsect)
+            if bad is not None:  # an uncorrectable sector: the drive reports the first one it could not read
+                return _Outcome(ata.STATUS_ERROR, ata.ATA_UNC, lba=bad)
         try:
             if write:
                 self.medium.write_from(lba * SECTOR, views)
@@ -738,6 +827,8 @@ class AhciHba:
             if write:
                 return _Outcome(ata.STATUS_ERROR | ata.ATA_DF, ata.ATA_ABRT, lba=lba)
             return _Outcome(ata.STATUS_ERROR, ata.ATA_UNC, lba=lba)
+        if write:
+            self.badblocks.clear(lba, nsect)  # rewritten sectors are reallocated
         return _Outcome(nbytes=nsect * SECTOR, dps=dps)
 
     def _pio_in(self, cmd: _Command, data: bytes) -> _Outcome:

@@ -54,6 +54,20 @@ Choices where the spec leaves room or QEMU 7.2 differs (also in the tests)
 - Not modelled: SGLs, CMB/PMR, Format NVM, Compare, fused commands, namespace
   management, firmware download, AER completions (requests are parked until a
   reset), the error log's entries (it reads as zeros).
+
+The medium's faults, and the controller's (what a test bench does to a real drive)
+- `badblocks` (lib/badblocks.py, 512-byte sectors) is the medium's list of
+  unreadable sectors: a Read that touches one completes with Unrecovered Read
+  Error (SCT 2h, SC 81h, no DNR: a retry may succeed on a real drive) and moves
+  no data; a Write or Write Zeroes over them succeeds and clears them, as a
+  drive reallocates the sectors it rewrites (null_blk's badblocks do the same).
+- `fault_knobs()` lists the controller faults a debugfs directory offers, named
+  after the spec: `controller_fatal_status` (write 1: CSTS.CFS, the controller
+  stops processing until a reset, §3.1.6), `lost_commands` (write N: the next N
+  I/O commands fetched are never completed and cannot be aborted: a firmware
+  hang), `surprise_removal` (write 1: the function leaves the bus, so every
+  register reads all ones and writes go nowhere, as a PCIe read of an absent
+  device completes; write 0: a new one is plugged in, in its power-on state).
 """
 
 from __future__ import annotations
@@ -90,6 +104,8 @@ from rinuxfs.hw.nvme_layouts import (
     SmartLog,
 )
 from rinuxfs.hw.ram import PhysicalMemory
+from rinuxfs.lib.badblocks import BadBlocks
+from rinuxfs.lib.kstrtox import kstrtobool, kstrtouint
 
 # --- §1.1 registers -------------------------------------------------------------------
 
@@ -499,6 +515,9 @@ class NvmeController:
         self.smart = SmartCounters()
         self.guest_errors: Counter[str] = Counter()  # register accesses and doorbells the tables refused
         self.fatal_reason: str | None = None  # why CSTS.CFS is set, until the next reset
+        self.badblocks = BadBlocks()  # the medium's unreadable sectors (512-byte units)
+        self.lost_commands = 0  # I/O commands still to lose (fault injection)
+        self.present = True  # False after a surprise removal: the bus reads all ones
 
         self._write_kinds: dict[str, Callable[[int, int], None]] = {
             kind: getattr(self, "_reg_" + kind) for _, kind, _ in _REGISTERS.values()
@@ -526,9 +545,42 @@ class NvmeController:
         self._page_size = PAGE_4K
         self._features = self._default_features()
 
+    # --- fault injection (the test bench's, not the host's) -----------------------------
+
+    def fault_knobs(self) -> list[tuple[str, Callable[[], str], Callable[[str], None]]]:
+        """(name, show, store) of each controller fault, as a debugfs directory offers them."""
+        return [
+            ("controller_fatal_status", lambda: f"{int(bool(self._regs[Reg.CSTS] & CSTS_CFS))}\n",
+             self._store_fatal_status),
+            ("lost_commands", lambda: f"{self.lost_commands}\n",
+             lambda text: setattr(self, "lost_commands", kstrtouint(text, 0))),
+            ("surprise_removal", lambda: f"{int(not self.present)}\n",
+             lambda text: self.set_present(not kstrtobool(text))),
+        ]
+
+    def _store_fatal_status(self, text: str) -> None:
+        """CFS as a controller's firmware raises it: RDY stays as it was, processing stops (§3.1.6)."""
+        if kstrtobool(text) and self.present:
+            self.fatal_reason = "fatal status injected"
+            self._regs[Reg.CSTS] |= CSTS_CFS
+
+    def set_present(self, present: bool) -> None:
+        """Surprise removal (False), or a device plugged into the empty slot (True): power-on state."""
+        if present and not self.present:
+            self._controller_reset()
+            for reg in (Reg.AQA, Reg.ASQ, Reg.ASQ + 4, Reg.ACQ, Reg.ACQ + 4, Reg.CSTS):
+                self._regs[reg] = 0
+            self.lost_commands = 0
+            self.smart.power_cycles += 1
+        elif not present and self.present:
+            self.smart.unsafe_shutdowns += 1
+        self.present = present
+
     # --- MMIO --------------------------------------------------------------------------
 
     def mmio_read(self, offset: int, size: int) -> int:
+        if not self.present:  # no device answers: the root complex completes the read with all ones
+            return (1 << (8 * size)) - 1
         if size not in (4, 8) or offset % 4:
             self.guest_errors[f"MMIO read of {size} bytes at {offset:#x}"] += 1
             return 0
@@ -538,6 +590,8 @@ class NvmeController:
         return value
 
     def mmio_write(self, offset: int, size: int, value: int) -> None:
+        if not self.present:  # posted writes to an absent device go nowhere
+            return
         if size not in (4, 8) or offset % 4:
             self.guest_errors[f"MMIO write of {size} bytes at {offset:#x}"] += 1
             return
@@ -661,7 +715,7 @@ class NvmeController:
     # --- processing ------------------------------------------------------------------------
 
     def _running(self) -> bool:
-        return self._regs[Reg.CSTS] & (CSTS_RDY | CSTS_CFS) == CSTS_RDY
+        return self.present and self._regs[Reg.CSTS] & (CSTS_RDY | CSTS_CFS) == CSTS_RDY
 
     @property
     def has_work(self) -> bool:
@@ -684,6 +738,9 @@ class NvmeController:
                 consumed += 1
                 progressed = True
                 self._rr_next = sq.qid + 1
+                if sq.qid and self.lost_commands:  # fault injection: fetched, then forgotten
+                    self.lost_commands -= 1
+                    continue
                 status, dw0 = self._execute(sq.qid, cmd)
                 if status is None:
                     continue  # a parked AER: it completes later, or never
@@ -985,6 +1042,9 @@ class NvmeController:
     def _read(self, cmd: Command) -> int:
         offset, length = self._rw_range(cmd)
         buffers = self._map_prp(cmd.prp1, cmd.prp2, length)
+        if self.badblocks and self.badblocks.first_bad(offset >> 9, length >> 9) is not None:
+            self.smart.media_errors += 1
+            raise _CommandFailed(Status.UNRECOVERED_READ_ERROR)
         try:
             for at, chunk in _iov_chunks(offset, buffers):
                 self._medium.read_into(at, chunk)
@@ -1007,6 +1067,7 @@ class NvmeController:
         except (OSError, KernelError):
             self.smart.media_errors += 1
             raise _CommandFailed(Status.WRITE_FAULT) from None
+        self.badblocks.clear(offset >> 9, length >> 9)  # rewritten sectors are reallocated
         self.smart.host_write_commands += 1
         self.smart.units_written += length >> 9
         return 0
@@ -1025,6 +1086,7 @@ class NvmeController:
         nlb = (cmd.cdw12 & 0xFFFF) + 1
         self._check_bounds(slba, nlb)
         self._discard(slba, nlb)
+        self.badblocks.clear((slba << self._lba_shift) >> 9, (nlb << self._lba_shift) >> 9)
         return 0
 
     def _dataset_management(self, cmd: Command) -> int:

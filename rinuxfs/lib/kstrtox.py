@@ -98,3 +98,18 @@ def parse_bool(text: str) -> bool:
     if low in ("0", "n", "no", "off", "false"):
         return False
     raise KernelError(errno.EINVAL, f"not a boolean: {value!r}")
+
+
+def kstrtobool(text: str) -> bool:
+    """kstrtobool, as debugfs bools parse: the first character decides (y/Y/t/T/1, n/N/f/F/0), "on"/"off".
+
+    Laxer than parse_bool on purpose: "yes please" is true here, as it is for Linux.
+    """
+    first, second = text[:1], text[1:2]
+    if first and first in "yYtT1":
+        return True
+    if first and first in "nNfF0":
+        return False
+    if first in ("o", "O") and second and second in "nNfF":
+        return second in "nN"
+    raise KernelError(errno.EINVAL, f"not a boolean: {text!r}")

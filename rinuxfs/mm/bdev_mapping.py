@@ -12,13 +12,18 @@ Contract (the address_space of a bdev inode; what `Buffers` counts in meminfo):
   past the background threshold), fsync, the last close, unmount, reclaim, or the writer itself
   when the dirty pages pass the middle of the background and dirty limits (balance_dirty_pages).
 - `writeback(before=None)` writes dirty pages (those dirtied before a time, or all) as one bio per
-  run of consecutive pages, submitted as a batch so the queue merges what is adjacent. A failed
-  write leaves the pages dirty and raises.
+  run of consecutive pages, submitted as a batch so the queue merges what is adjacent.
 - For reclaim (vmscan.Reclaimable): `pageout(pages)` writes the dirty ones of a batch and says
   which can go; `drop(pages)` drops them, each leaving its shadow; `drop_clean()` is
   drop_caches' part: every clean page goes.
-- Pages of the range a request is working on are pinned: reclaim never takes them.
+- Pages of the range a request is working on are locked: reclaim never takes them.
 - The cache never holds a page past the device's end.
+- Device errors (BlkError) end as Linux's page cache ends them: a read first goes out as
+  readahead (REQ_RAHEAD, never retried by drivers); pages whose bios failed are read again one at
+  a time (filemap_read_folio), and the read comes back short before the first page that still
+  fails, or fails with EIO if that is its first page. A failed writeback loses the pages of the
+  failed bios (end_buffer_async_write: not re-dirtied, dropped so a later read goes to the device)
+  and fails with EIO; the other bios' pages are clean.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from __future__ import annotations
 import errno
 import time
 
-from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp
+from rinuxfs.block.bio import REQ_RAHEAD, REQ_SYNC, SECTOR_SHIFT, Bio, ReqOp
+from rinuxfs.block.errors import BlkError
 from rinuxfs.block.genhd import BlockDevice
 from rinuxfs.errors import KernelError
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
@@ -47,6 +53,7 @@ class BlockDeviceMapping:
         self.pages: dict[int, int] = {}  # index -> pfn
         self.dirty: dict[int, float] = {}  # index -> when it became dirty (monotonic s), oldest first
         self.shadows: dict[int, int] = {}  # index -> the LRU's shadow of a page reclaim dropped
+        self.not_uptodate: set[int] = set()  # pages whose readahead failed: readahead skips them (!uptodate)
         self.locks = PageLocks()
         self.mapping_id = mm.register_mapping(self)
 
@@ -56,56 +63,91 @@ class BlockDeviceMapping:
 
     # --- filling the cache ---------------------------------------------------------------
 
-    def _populate(self, first: int, last: int) -> None:
+    def _populate(self, first: int, last: int, flags: int = 0) -> None:
+        """Read pages first..last that are not cached, with one bio per run of missing pages."""
         missing = [i for i in range(first, last + 1) if i not in self.pages]
+        if flags & REQ_RAHEAD and self.not_uptodate:
+            missing = [i for i in missing if i not in self.not_uptodate]
         if missing:
-            self._read_pages(missing)
+            self._read_pages(missing, flags)
 
-    def _readahead(self, first: int, last: int, ra_last: int) -> None:
+    def _readahead(self, first: int, last: int, ra_last: int) -> bool:
         """Read pages first..last and, in the same batch, ahead of need up to ra_last, as memory allows.
 
         Readahead allocates with __GFP_NORETRY and stops at the first failure
         (page_cache_ra_unbounded): it may shorten, never fail the read it rides
         on. So the window takes at most half of the free frames, and on ENOMEM
-        the caller reads just what was asked for.
+        the caller reads just what was asked for. Its bios carry REQ_RAHEAD; a
+        device error leaves the pages of the failed bios out. Returns False
+        after a device error.
         """
         ra_last = min(ra_last, first + max(last - first + 1, self.mm.allocator.nr_free_pages // 2) - 1)
         try:
             with self.locks.hold(first, ra_last):
-                self._populate(first, ra_last)
+                self._populate(first, ra_last, REQ_RAHEAD)
+        except BlkError:
+            return False
         except KernelError as e:
             if e.errno != errno.ENOMEM:
                 raise
+        return True
 
-    def _read_pages(self, missing: list[int]) -> None:
+    def _read_one_by_one(self, first: int, last: int) -> int:
+        """After a failed readahead: each missing page alone (flags 0); the last page that could be read."""
+        for index in range(first, last + 1):
+            if index in self.pages:
+                continue
+            try:
+                self._populate(index, index)
+            except BlkError:
+                if index == first:
+                    raise KernelError(errno.EIO, f"{self.bdev.name}: I/O error reading page {index}") from None
+                return index - 1
+        return last
+
+    def _read_pages(self, missing: list[int], flags: int = 0) -> None:
         mm = self.mm
         pfns = mm.alloc_pages(len(missing))
-        bios: list[Bio] = []
-        run: list[tuple[int, int]] = []
+        runs: list[list[tuple[int, int]]] = [[]]
         for index, pfn in zip(missing, pfns, strict=True):
-            if run and index != run[-1][0] + 1:
-                bios.append(self._bio(ReqOp.READ, run))
-                run = []
-            run.append((index, pfn))
-        bios.append(self._bio(ReqOp.READ, run))
+            if runs[-1] and index != runs[-1][-1][0] + 1:
+                runs.append([])
+            runs[-1].append((index, pfn))
+        bios = [self._bio(ReqOp.READ, run, flags) for run in runs]
         start = time.monotonic()
         try:
             self.bdev.submit(bios)
+        except BlkError:  # every bio ended on its own: keep what was read
+            good = [page for bio, run in zip(bios, runs, strict=True) if bio.error is None for page in run]
+            bad = [page for bio, run in zip(bios, runs, strict=True) if bio.error is not None for page in run]
+            mm.free_pages([pfn for _, pfn in bad])
+            self.not_uptodate.update(index for index, _ in bad)
+            self._install(good)
+            raise
         except BaseException:
             mm.free_pages(pfns)
             raise
         finally:
             if mm.on_stall is not None:
                 mm.on_stall("io", time.monotonic() - start)
-        for index, pfn in zip(missing, pfns, strict=True):
+        self._install(list(zip(missing, pfns, strict=True)))
+
+    def _install(self, pages: list[tuple[int, int]]) -> None:
+        if not pages:
+            return
+        mm = self.mm
+        indexes = [index for index, _ in pages]
+        pfns = [pfn for _, pfn in pages]
+        self.not_uptodate.difference_update(indexes)
+        for index, pfn in pages:
             self.pages[index] = pfn
         mm.account(BDEV_PAGE_ITEMS, pfns)
-        mm.memmap.set_owner(pfns, self.mapping_id, missing)
-        shadows = [self.shadows.pop(i, None) for i in missing] if self.shadows else None
+        mm.memmap.set_owner(pfns, self.mapping_id, indexes)
+        shadows = [self.shadows.pop(i, None) for i in indexes] if self.shadows else None
         mm.lru_add(pfns, anon=False, shadows=shadows)
-        mm.events["pgpgin"] += len(missing) * (PAGE_SIZE // 1024)
+        mm.events["pgpgin"] += len(pages) * (PAGE_SIZE // 1024)
 
-    def _bio(self, op: ReqOp, run: list[tuple[int, int]]) -> Bio:
+    def _bio(self, op: ReqOp, run: list[tuple[int, int]], flags: int = 0) -> Bio:
         """A bio over consecutive page indexes; the tail page may end at the device's end."""
         start = run[0][0] << PAGE_SHIFT
         end = min((run[-1][0] + 1) << PAGE_SHIFT, self.size)
@@ -117,7 +159,7 @@ class BlockDeviceMapping:
                 segments[-1] = (segments[-1][0], segments[-1][1] + length)
             else:
                 segments.append((addr, length))
-        return Bio(op, start >> SECTOR_SHIFT, (end - start) >> SECTOR_SHIFT, segments)
+        return Bio(op, start >> SECTOR_SHIFT, (end - start) >> SECTOR_SHIFT, segments, flags=flags)
 
     # --- file I/O ------------------------------------------------------------------------
 
@@ -128,9 +170,16 @@ class BlockDeviceMapping:
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         ra_last = min((end - 1 + readahead) >> PAGE_SHIFT, (self.size - 1) >> PAGE_SHIFT)
         with self.locks.hold(first, last):
-            if ra_last > last:
-                self._readahead(first, last, ra_last)
-            self._populate(first, last)  # a no-op unless there was no readahead or it fell short
+            failed = not self._readahead(first, last, max(ra_last, last)) or (
+                bool(self.not_uptodate) and not self.not_uptodate.isdisjoint(range(first, last + 1)))
+            if not failed:
+                try:
+                    self._populate(first, last)  # what readahead shortened
+                except BlkError:
+                    failed = True
+            if failed:  # filemap_read_folio, page by page
+                last = self._read_one_by_one(first, last)
+                end = min(end, (last + 1) << PAGE_SHIFT)
             ram = self.mm.ram.view
             parts = []
             touched: list[int] = []
@@ -159,13 +208,18 @@ class BlockDeviceMapping:
         self._balance_dirty_pages(last - first + 1)
         with self.locks.hold(first, last):
             # Pages written only in part must hold the device's bytes around the write.
-            if offset & _PAGE_MASK:
-                self._populate(first, first)
+            partial = {first} if offset & _PAGE_MASK else set()
             if end & _PAGE_MASK and end != self.size:
-                self._populate(last, last)
+                partial.add(last)
+            for index in sorted(partial):
+                try:
+                    self._populate(index, index)
+                except BlkError:  # block_write_begin could not read the rest of the block
+                    raise KernelError(errno.EIO, f"{self.bdev.name}: I/O error reading page {index}") from None
             full = [i for i in range(first, last + 1) if i not in self.pages]
             if full:
                 pfns = self.mm.alloc_pages(len(full))
+                self.not_uptodate.difference_update(full)
                 for index, pfn in zip(full, pfns, strict=True):
                     self.pages[index] = pfn
                 self.mm.account(BDEV_PAGE_ITEMS, pfns)
@@ -212,7 +266,10 @@ class BlockDeviceMapping:
             mm.writeback_wakeup()
 
     def writeback(self, before: float | None = None, only: list[int] | None = None) -> int:
-        """Write dirty pages (dirtied before `before`, or those `only`, or all): how many were written."""
+        """Write dirty pages (dirtied before `before`, or those `only`, or all): how many were written.
+
+        A failed bio's pages are lost (dropped, not re-dirtied) and EIO is raised once the rest is written.
+        """
         if not self.dirty:
             return 0
         if only is not None:
@@ -221,20 +278,21 @@ class BlockDeviceMapping:
             order = sorted(i for i, t in self.dirty.items() if before is None or t < before)
         if not order:
             return 0
-        bios: list[Bio] = []
-        run: list[tuple[int, int]] = []
+        runs: list[list[tuple[int, int]]] = [[]]
         for index in order:
-            if run and index != run[-1][0] + 1:
-                bios.append(self._bio(ReqOp.WRITE, run))
-                run = []
-            run.append((index, self.pages[index]))
-        bios.append(self._bio(ReqOp.WRITE, run))
+            if runs[-1] and index != runs[-1][-1][0] + 1:
+                runs.append([])
+            runs[-1].append((index, self.pages[index]))
+        bios = [self._bio(ReqOp.WRITE, run, REQ_SYNC) for run in runs]
         pfns = [self.pages[index] for index in order]
         mm = self.mm
         mm.account(("nr_writeback",), pfns)
+        lost: list[int] = []
         start = time.monotonic()
         try:
             self.bdev.submit(bios)
+        except BlkError:
+            lost = [index for bio, run in zip(bios, runs, strict=True) if bio.error is not None for index, _ in run]
         finally:
             mm.account(("nr_writeback",), pfns, -1)
             if mm.on_stall is not None:
@@ -242,8 +300,11 @@ class BlockDeviceMapping:
         for index in order:
             del self.dirty[index]
         mm.account(("nr_dirty",), pfns, -1)
-        mm.events["nr_written"] += len(order)
-        mm.events["pgpgout"] += len(order) * (PAGE_SIZE // 1024)
+        mm.events["nr_written"] += len(order) - len(lost)
+        mm.events["pgpgout"] += (len(order) - len(lost)) * (PAGE_SIZE // 1024)
+        if lost:
+            self._drop(lost)
+            raise KernelError(errno.EIO, f"{self.bdev.name}: lost async page write of {len(lost)} pages")
         return len(order)
 
     def flush(self) -> None:
@@ -251,7 +312,7 @@ class BlockDeviceMapping:
         self.writeback()
         self.bdev.submit([Bio(ReqOp.FLUSH, 0, 0)])
 
-    # --- reclaim -------------------------------------------------------------------------
+    # --- reclaim and invalidation --------------------------------------------------------
 
     def writeout_failed(self, index: int) -> None:
         """Never called: dirty block-cache pages are written before pageout answers."""
@@ -260,15 +321,13 @@ class BlockDeviceMapping:
         """Which of these pages can go: clean ones at once, dirty ones once written (pageout)."""
         live = [(i, pfn) for i, pfn in pages if self.pages.get(i) == pfn and not self.locks.locked(i)]
         dirty = [i for i, _ in live if i in self.dirty]
-        written = True
         if dirty:
             try:
                 self.writeback(only=dirty)
                 self.mm.events["nr_vmscan_write"] += len(dirty)
             except KernelError:
-                written = False
-        ok = {i for i, _ in live if written or i not in self.dirty}
-        return [i in ok and self.pages.get(i) == pfn for i, pfn in pages]
+                pass  # the pages of failed bios were dropped with their write; the others are clean
+        return [self.pages.get(i) == pfn and i not in self.dirty and not self.locks.locked(i) for i, pfn in pages]
 
     def drop(self, pages: list[tuple[int, int, int]]) -> None:
         pfns = []
@@ -283,18 +342,30 @@ class BlockDeviceMapping:
         self.mm.account(BDEV_PAGE_ITEMS, pfns, -1)
         self.mm.free_pages(pfns)
 
+    def _drop(self, indexes: list[int]) -> None:
+        """Take pages out of the cache whatever their state (truncate_inode_pages of the range)."""
+        dirty = [self.pages[i] for i in indexes if i in self.dirty and i in self.pages]
+        for i in indexes:
+            self.dirty.pop(i, None)
+        if dirty:
+            self.mm.account(("nr_dirty",), dirty, -1)
+        freed = [self.pages.pop(index) for index in indexes if index in self.pages]
+        if freed:
+            self.mm.lru_remove(freed)
+            self.mm.account(BDEV_PAGE_ITEMS, freed, -1)
+            self.mm.free_pages(freed)
+
     def drop_clean(self) -> int:
-        """Every clean, unpinned page out of the cache (drop_caches, O_DIRECT's invalidation)."""
-        victims = [(i, pfn) for i, pfn in self.pages.items() if i not in self.dirty and not self.locks.locked(i)]
-        if not victims:
-            return 0
-        pfns = [pfn for _, pfn in victims]
-        for i, _ in victims:
-            del self.pages[i]
-        self.mm.lru_remove(pfns)
-        self.mm.account(BDEV_PAGE_ITEMS, pfns, -1)
-        self.mm.free_pages(pfns)
-        return len(pfns)
+        """Every clean, unlocked page out of the cache (drop_caches)."""
+        victims = [i for i in self.pages if i not in self.dirty and not self.locks.locked(i)]
+        self._drop(victims)
+        return len(victims)
+
+    def discard_all(self) -> None:
+        """The device is gone: every page leaves the cache, dirty ones lost (kill_bdev)."""
+        self.not_uptodate.clear()
+        self.shadows.clear()
+        self._drop(list(self.pages))
 
     def invalidate(self) -> None:
         """Drop every page (after writeback): the next read goes to the device."""

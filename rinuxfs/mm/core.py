@@ -145,6 +145,9 @@ class MemoryManager:
         self.events = Counter[str]()  # vm_event_item counters
         self.kernel_stack_kb = 0
         self.committed_pages = 0
+        # Fault injection's hook (fail_page_alloc's should_fail_alloc_page), set by the kernel: called
+        # with (order, pages) once per allocation call; True fails the call as ENOMEM (None for alloc_block).
+        self.should_fail_alloc_page: Callable[[int, int], bool] | None = None
         self.mappings: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
         self._next_mapping_id = 0
         self.tunables = VmTunables()
@@ -191,6 +194,8 @@ class MemoryManager:
         """`count` order-0 frames, from the preferred node down its zonelist; ENOMEM when nothing can help."""
         if count <= 0:
             return []
+        if self.should_fail_alloc_page is not None and self.should_fail_alloc_page(0, count):
+            raise KernelError(errno.ENOMEM, f"page allocation failure: order:0, {count} pages (fail_page_alloc)")
         runs = self._alloc_runs(count, mt)
         self.memmap.allocated(runs)
         pfns = runs_to_pfns(runs)
@@ -253,6 +258,8 @@ class MemoryManager:
     def alloc_block(self, order: int, nid: int | None = None, thisnode: bool = False,
                     mark: int | None = WMARK_MIN) -> int | None:
         """One naturally aligned block of 2^order frames (huge pages, contiguous buffers), or None."""
+        if self.should_fail_alloc_page is not None and self.should_fail_alloc_page(order, 1 << order):
+            return None
         local = self.numa_node_id()
         pfn = self.allocator.alloc_order(order, local if nid is None else nid, local, mark=mark, thisnode=thisnode)
         if pfn is not None:

@@ -43,6 +43,9 @@ GPT_SCRIPT = layout("tests-gpt")
 GPT_PARTS = {1: (2048, 32768), 2: (34816, 32768), 4: (67584, 61440)}  # number: (start, sectors)
 SWAP_UUID = "11111111-2222-3333-4444-555555555555"
 
+# Partitions 1, 2 and 4 of 8 MiB, 8 MiB and the rest (of a 32 MiB disk: starts 2048, 18432, 34816).
+THREE_PARTS_GPT = layout("tests-io")  # three partitions with a gap at 3 (the I/O and fault tests)
+
 # An extended partition with two logicals (storage.md §3.3).
 MBR_SCRIPT = layout("tests-mbr")
 
@@ -184,6 +187,30 @@ def diskstats(mnt: Mounted) -> dict[str, list[int]]:
 
 def kmsg(mnt: Mounted) -> str:
     return (mnt / "proc/kmsg").read_text()
+
+
+def errno_of(call: Callable[[], object]) -> int:
+    """The errno `call` fails with, 0 if it does not."""
+    try:
+        call()
+    except OSError as e:
+        return e.errno or -1
+    return 0
+
+
+def write_attr(path: Path, value: str) -> int:
+    """Write an attribute with one write(2); 0 on success, else the errno."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as e:
+        return e.errno or -1
+    try:
+        os.write(fd, value.encode())
+    except OSError as e:
+        return e.errno or -1
+    finally:
+        os.close(fd)
+    return 0
 
 
 def sha(data: bytes) -> str:

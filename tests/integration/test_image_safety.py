@@ -154,7 +154,8 @@ def test_reads_past_the_end_of_an_image_cut_under_the_daemon_are_media_errors(
         assert f"error, dev {disk}, sector {48 * MIB // 512} op 0x0:(READ)" in log
         if controller == "nvme":
             lba = 48 * MIB // 512
-            assert f"nvme0n1: Read(0x2) @ LBA {lba}, 8 blocks, Unrecovered Read Error (sct 0x2 / sc 0x81) " in log
+            # Debian builds without NVME_VERBOSE_ERRORS: generic names
+            assert f"nvme0n1: I/O Cmd(0x2) @ LBA {lba}, 8 blocks, I/O Error (sct 0x2 / sc 0x81) " in log
         else:
             assert "ata1.00: failed command: READ FPDMA QUEUED" in log and "ata1.00: error: { UNC }" in log
         assert "BUG in" not in log and "Traceback" not in log

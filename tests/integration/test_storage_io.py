@@ -28,6 +28,7 @@ from tests.integration.storage_helpers import (
     SECTOR,
     Controller,
     diskstats,
+    errno_of,
     expected_lsblk,
     hash_outside,
     image_slice,
@@ -87,14 +88,6 @@ def scratch(image: Path, tmp_path: Path) -> Path:
 def aligned(size: int) -> mmap.mmap:
     """A page-aligned buffer, as O_DIRECT wants memory aligned too."""
     return mmap.mmap(-1, max(size, mmap.PAGESIZE))
-
-
-def errno_of(call: Callable[[], object]) -> int:
-    try:
-        call()
-    except OSError as e:
-        return e.errno or -1
-    return 0
 
 
 def devices(ctrl: Controller, parts: dict[int, tuple[int, int]]) -> dict[str, tuple[int, int]]:

@@ -316,9 +316,12 @@ def test_an_out_of_range_request_fails_with_eio_and_the_port_recovers(machine: M
     assert "IDNF" in str(info.value)
     log = machine.log()
     assert "ata1.00: error: { IDNF ABRT }" in log and "ata1: EH complete" in log
+    # libata retries anything but a media error from the fs stack, and sd 5 times: 6 attempts, 6 EH reports
+    name = "READ FPDMA QUEUED" if ncq else "READ DMA"
+    assert log.count(f"ata1.00: failed command: {name}") == 6
+    assert "sd 0:0:0:0: [sda] tag#0 Sense Key : Illegal Request [current] " in log.splitlines()
     if ncq:
-        assert machine.driver.counts["READ LOG EXT"] == 1  # the failed tag comes from the NCQ error log
-        assert "ata1.00: failed command: READ FPDMA QUEUED" in log
+        assert machine.driver.counts["READ LOG EXT"] == 6  # each time the failed tag comes from the NCQ error log
     machine.submit(ReqOp.READ, end - 16, 16, segments)
     assert machine.ram(segments) == machine.data[(end - 16) * SECTOR : end * SECTOR]
     payload = os.urandom(16 * SECTOR)
@@ -341,8 +344,10 @@ def test_a_bad_dma_address_is_a_host_bus_error_then_a_comreset(machine: Machine)
         machine.execute(ReqOp.READ, 0, 8, [(outside, 4096)])
     assert info.value.errno == errno.EIO and "host bus error" in str(info.value)
     log = machine.log().splitlines()
-    assert log.count("ata1: SATA link up 1.5 Gbps (SStatus 113 SControl 300)") == 2  # boot, then EH's reset
-    assert machine.driver.counts["IDENTIFY DEVICE"] == 2  # revalidated after the reset
+    # boot, then a hard reset by EH for each of the 6 attempts sd makes (a host bus error is retried)
+    assert log.count("ata1: SATA link up 1.5 Gbps (SStatus 113 SControl 300)") == 7
+    assert log.count("ata1: hard resetting link") == 6
+    assert machine.driver.counts["IDENTIFY DEVICE"] == 7  # revalidated after each reset
     segments = machine.segments(4096)
     machine.submit(ReqOp.READ, 8, 8, segments)
     assert machine.ram(segments) == machine.data[8 * SECTOR : 16 * SECTOR]
@@ -431,6 +436,28 @@ def test_a_long_scattered_request_becomes_several_ncq_commands(machine: Machine,
     assert [n for _, n in prepared] == [PRDS_PER_TABLE, 100]
     assert len({tag for tag, _ in prepared}) == 2  # two tags, issued together
     assert machine.ram(segments) == machine.data[16 * SECTOR : (16 + pages * 8) * SECTOR]
+
+
+def test_an_ncq_error_fails_its_tag_and_the_innocent_tags_go_again(machine: Machine) -> None:
+    """ata_eh_analyze_ncq_error: log 10h names the failed tag; the device aborted the others, which are retried."""
+    pages = PRDS_PER_TABLE + 100
+    segments = machine.segments(pages * PAGE_SIZE, scatter=True)
+    bad = 16 + 8 * 10  # in the first of the two commands
+    machine.driver.hba.badblocks.set(bad, 1)
+    counts = machine.driver.counts
+    before = counts["READ FPDMA QUEUED"]  # the partition scan's reads at boot
+    with pytest.raises(AtaError) as info:
+        machine.execute(ReqOp.READ, 16, pages * 8, segments)
+    assert info.value.errno == errno.ENODATA and info.value.bad_lba == bad and not info.value.retry
+    assert counts["READ FPDMA QUEUED"] - before == 3  # 2 issued, then the innocent one again
+    assert counts["READ LOG EXT"] == 1
+    second = segments[PRDS_PER_TABLE:]
+    start = 16 + PRDS_PER_TABLE * 8
+    assert machine.ram(second) == machine.data[start * SECTOR : (start + 100 * 8) * SECTOR]
+    log = machine.log().splitlines()
+    assert log.count("ata1.00: failed command: READ FPDMA QUEUED") == 1  # only the culprit is reported
+    assert any(line.endswith("Emask 0x409 (media error) <F>") for line in log)
+    assert "sd 0:0:0:0: [sda] tag#0 Add. Sense: Unrecovered read error - auto reallocate failed" in log
 
 
 def test_a_large_contiguous_segment_takes_several_prds(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,8 @@
 """An image file that grows or shrinks under a booted kernel: nothing changes until the driver rescans.
 
-`NvmeDriver.scan_namespaces()` (what `rescan_controller` queues) and `AhciDriver.rescan_device()`
-(what `device/rescan` does) are the calls the sysfs attributes make; here they are called directly
-on a whole kernel booted over a real image file.
+The rescan goes through the sysfs attributes Linux offers (`sys/class/nvme/nvme0/rescan_controller`,
+`sys/block/sda/device/rescan`), written through the kernel's VFS on a whole kernel booted over a real
+image file.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from rinuxfs.errors import KernelError
+from rinuxfs.fs.vfs import ROOT_CRED
 from rinuxfs.kernel import Kernel, KernelConfig
+from tests.unit.test_sysfs_render import node
 
 MIB = 1 << 20
 
@@ -33,11 +35,11 @@ def kernel(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kernel]:
 
 
 def rescan(k: Kernel) -> None:
-    driver = k.storage_driver
-    if k.config.controller == "nvme":
-        driver.scan_namespaces()  # type: ignore[union-attr]
-    else:
-        driver.rescan_device()  # type: ignore[union-attr]
+    path = "/sys/class/nvme/nvme0/rescan_controller" if k.config.controller == "nvme" else \
+        "/sys/block/sda/device/rescan"
+    attr = node(k, path).open(os.O_WRONLY, ROOT_CRED)
+    attr.write(0, b"1\n")
+    k.workqueue.flush()  # the scan work runs between requests; here, now
 
 
 def log_lines(k: Kernel) -> list[str]:

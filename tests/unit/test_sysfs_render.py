@@ -182,7 +182,10 @@ def test_unregistering_the_controller_takes_all_of_it_out_of_sys(kernel: Kernel)
     disk_dir = node(kernel, "/sys/block/nvme0n1")
     assert held.read(0, 100) == b"32768\n"
 
-    driver.unregister_devices(kernel.block)
+    driver.remove()  # nvme_remove: the disk and the controller go, the PCI function stays without its driver
+    assert errno_of(kernel, "/sys/bus/pci/devices/0000:00:04.0/driver") == errno.ENOENT
+    assert errno_of(kernel, "/sys/bus/pci/devices/0000:00:04.0/vendor") == 0
+    kernel.pci.remove(kernel.pci.slots["0000:00:04.0"])  # pci_stop_and_remove_bus_device
 
     for path in ("/sys/block/nvme0n1", "/sys/class/nvme/nvme0", "/sys/class/block/nvme0n1", "/sys/dev/block/259:0",
                  "/sys/dev/char/240:0", "/sys/bus/pci/devices/0000:00:04.0", "/sys/bus/pci/drivers/nvme/0000:00:04.0",
@@ -214,17 +217,18 @@ def test_debugfs_renders_what_is_created_and_forgets_what_is_removed(kernel: Ker
     def store(text: str) -> None:
         value["p"] = int(text)
 
-    d = debugfs_create_dir("fail_make_request", kernel.core.debugfs)
+    before = [name for name, _ in root.entries(ROOT_CRED)]
+    d = debugfs_create_dir("example", kernel.core.debugfs)
     debugfs_create_file("probability", 0o600, d, lambda: f"{value['p']}\n", store)
-    f = node(kernel, "/sys/kernel/debug/fail_make_request/probability")
+    f = node(kernel, "/sys/kernel/debug/example/probability")
     assert stat.S_IMODE(f.mode) == 0o600 and f.size == 0
-    assert stat.S_IMODE(node(kernel, "/sys/kernel/debug/fail_make_request").mode) == 0o755
-    assert write(kernel, "/sys/kernel/debug/fail_make_request/probability", "10") == 0
-    assert read(kernel, "/sys/kernel/debug/fail_make_request/probability") == "10\n"
+    assert stat.S_IMODE(node(kernel, "/sys/kernel/debug/example").mode) == 0o755
+    assert write(kernel, "/sys/kernel/debug/example/probability", "10") == 0
+    assert read(kernel, "/sys/kernel/debug/example/probability") == "10\n"
     held = f.open(os.O_RDONLY, ROOT_CRED)
     debugfs_remove(d)
-    assert errno_of(kernel, "/sys/kernel/debug/fail_make_request") == errno.ENOENT
+    assert errno_of(kernel, "/sys/kernel/debug/example") == errno.ENOENT
     with pytest.raises(KernelError) as e:
         held.read(0, 10)
     assert e.value.errno == errno.EIO
-    assert [name for name, _ in root.entries(ROOT_CRED)] == []
+    assert [name for name, _ in root.entries(ROOT_CRED)] == before

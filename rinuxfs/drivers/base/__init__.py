@@ -50,6 +50,7 @@ from rinuxfs.drivers.base.debugfs import (
     debugfs_create_dir,
     debugfs_create_file,
     debugfs_remove,
+    fault_create_debugfs_attr,
 )
 from rinuxfs.drivers.base.devclass import Class
 from rinuxfs.drivers.base.device import (
@@ -78,6 +79,7 @@ from rinuxfs.drivers.base.kobject import (
 __all__ = [
     "Attribute", "AttributeGroup", "Bus", "Class", "DebugfsDir", "DebugfsFile", "Device", "Driver", "DriverCore",
     "Kobject", "Link", "Show", "Store", "const", "debugfs_create_dir", "debugfs_create_file", "debugfs_remove",
-    "device_bind_driver", "device_register", "device_release_driver", "device_unregister", "kobject_add",
-    "kobject_create", "kobject_del", "kobject_uevent", "sysfs_create_link", "sysfs_remove_link",
+    "device_bind_driver", "device_register", "device_release_driver", "device_unregister",
+    "fault_create_debugfs_attr", "kobject_add", "kobject_create", "kobject_del", "kobject_uevent",
+    "sysfs_create_link", "sysfs_remove_link",
 ]

@@ -9,6 +9,9 @@ Contract:
   as a kobject attribute's. A name taken in the directory is EEXIST.
 - `debugfs_remove(entry)` removes a file, or a directory with all it holds (debugfs_remove is
   recursive in Linux 6.x); afterwards lookups give ENOENT and files still open give EIO.
+- `fault_create_debugfs_attr(name, parent, attr)` makes the directory of one fault-injection
+  capability with the generic files of lib/fault_inject.py (mode 0600), and returns it so the
+  caller can add the capability's own files (min-order, status, …).
 - Nothing is there today but what subsystems add; the tree holds only that.
 """
 
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 
 from rinuxfs.drivers.base.kobject import Show, Store
 from rinuxfs.errors import KernelError
+from rinuxfs.lib.fault_inject import FaultAttr, fault_attr_files
 
 
 @dataclass(eq=False)
@@ -78,3 +82,11 @@ def debugfs_remove(entry: DebugfsDir | DebugfsFile) -> None:
         entry.removed = True
     else:
         entry.parent = None
+
+
+def fault_create_debugfs_attr(name: str, parent: DebugfsDir, attr: FaultAttr) -> DebugfsDir:
+    """lib/fault-inject.c's fault_create_debugfs_attr: a directory of the generic fault files."""
+    directory = debugfs_create_dir(name, parent)
+    for file, show, store in fault_attr_files(attr):
+        debugfs_create_file(file, 0o600, directory, show, store)
+    return directory
