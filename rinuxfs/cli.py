@@ -14,6 +14,7 @@ import errno
 import hashlib
 import logging
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -37,8 +38,18 @@ def runtime_dir() -> Path:
         base = Path("/run/rinuxfs")
     else:
         base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/rinuxfs-{os.getuid()}") / "rinuxfs"
-    base.mkdir(parents=True, exist_ok=True)
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(base)
     return base
+
+
+def _check_private(path: Path) -> None:
+    """Refuse a runtime directory (or its /tmp parent) that another user could plant files in."""
+    for d in (path, path.parent) if path.parent.name.startswith("rinuxfs-") else (path,):
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise UsageError(f"runtime directory {d} is not private (owner uid {st.st_uid}, mode "
+                             f"{stat.S_IMODE(st.st_mode):o}): remove it or set XDG_RUNTIME_DIR")
 
 
 def pid_file(mountpoint: Path) -> Path:
@@ -164,6 +175,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     mountpoint = _check_mountpoint(args.mountpoint)
     if not os.path.exists("/dev/fuse"):
         raise UsageError("/dev/fuse is missing: install fuse3 (scripts/setup does) and load the fuse module")
+    if os.geteuid() != 0 and not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        # fusermount3 opens /dev/fuse as the user: its mode is what lets users mount FUSE at all.
+        raise UsageError("/dev/fuse is not open to users (udev makes it 0666; here it is "
+                         f"{stat.S_IMODE(os.stat('/dev/fuse').st_mode):04o}): only root can mount")
     config = KernelConfig(image=args.image.resolve(), controller=args.controller, mem=args.mem, cpus=args.cpus,
                           tmpfs_size=args.tmpfs_size, read_only=args.ro, force_gpt=args.force_gpt,
                           lba_size=args.lba_size, numa=args.numa, mem_prealloc=args.mem_prealloc)

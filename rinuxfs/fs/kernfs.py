@@ -5,8 +5,12 @@ Contract:
   and serves later offsets from that snapshot, per open file (the seq_file /
   LXCFS rule); it opens with direct_io so the host never caches it.
 - A writable file passes the bytes written to `store()`, which raises
-  KernelError(EINVAL) for a bad value. Opening a file without `store` for
-  writing fails with EACCES, for root too, as kernfs does.
+  KernelError(EINVAL) for a bad value. As kernfs does, each write(2) is one
+  store of at most a page (MAX_WRITE bytes: a longer write is cut there and
+  reports that many written), whatever the file offset; the bytes reach
+  store() as they are (decoded with surrogateescape, so no value is refused
+  for not being UTF-8 before its store has seen it). Opening a file without
+  `store` for writing fails with EACCES, for root too, as kernfs does.
 - A `GenDir` holds static children and may add dynamic ones from a function
   (the pid directories of /proc); a dynamic child keeps its inode while its
   key lives, so inode numbers stay stable.
@@ -30,6 +34,7 @@ from rinuxfs.fs.vfs import AttrChange, Credentials, Inode, OpenFile
 
 Show = Callable[[], str]
 Store = Callable[[str], None]
+MAX_WRITE = 4096  # kernfs_fop_write_iter: a store sees at most PAGE_SIZE bytes of one write
 
 
 class KernfsSuperBlock(SuperBlock):
@@ -61,7 +66,12 @@ class GenFile(Inode):
     def open(self, flags: int, cred: Credentials) -> OpenFile:
         if flags & os.O_ACCMODE != os.O_RDONLY and self.store is None:
             raise KernelError(errno.EACCES, "read-only attribute")
-        return SnapshotFile(self, flags)
+        return SnapshotFile(self, flags, cred)
+
+    def store_as(self, text: str, opener: Credentials) -> None:
+        """A write through a file `opener` opened (files whose store depends on the writer override it)."""
+        assert self.store is not None
+        self.store(text)
 
     def setattr(self, change: AttrChange) -> None:
         # O_TRUNC and `echo >` truncate before writing; like sysfs, ignore the size.
@@ -76,26 +86,21 @@ class SnapshotFile(OpenFile):
     inode: GenFile
     direct_io = True
 
-    def __init__(self, inode: GenFile, flags: int) -> None:
+    def __init__(self, inode: GenFile, flags: int, cred: Credentials) -> None:
         super().__init__(inode, flags)
+        self.cred = cred
         self.snapshot = b""
 
     def read(self, offset: int, size: int) -> bytes:
         if offset == 0:
-            self.snapshot = self.inode.show().encode()
+            self.snapshot = self.inode.show().encode(errors="surrogateescape")
         return self.snapshot[offset : offset + size]
 
     def write(self, offset: int, data: bytes) -> int:
-        store = self.inode.store
-        if store is None:
+        if self.inode.store is None:
             raise KernelError(errno.EACCES)
-        if offset != 0:
-            raise KernelError(errno.EINVAL, "attributes are written whole, from offset 0")
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            raise KernelError(errno.EINVAL, "attribute values are text") from None
-        store(text)
+        data = data[:MAX_WRITE]
+        self.inode.store_as(data.decode(errors="surrogateescape"), self.cred)
         self.inode.touch(m=True, c=True)
         return len(data)
 

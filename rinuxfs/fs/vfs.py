@@ -26,9 +26,9 @@ import errno
 import os
 import stat
 import time
-from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import takewhile
 from typing import TYPE_CHECKING
 
 from rinuxfs.errors import KernelError
@@ -155,6 +155,17 @@ class Inode:
     def entries(self, cred: Credentials) -> Iterable[tuple[bytes, Inode]]:
         raise KernelError(errno.ENOTDIR)
 
+    def iterate(self, start: int, cred: Credentials) -> Iterator[tuple[int, bytes, Inode]] | None:
+        """(cookie, name, inode) past cookie `start` for a directory with stable positions (cookies from 3 on).
+
+        None: the directory has none, and the VFS lists a snapshot of `entries()` per open directory.
+        """
+        return None
+
+    def next_cookie(self) -> int:
+        """The cookie the next name added will get (directories with stable positions)."""
+        return 0
+
     @property
     def parent(self) -> Inode:
         return self
@@ -211,12 +222,12 @@ class OpenFile:
 
 
 class DirHandle:
-    """An open directory: a snapshot of (cookie, name, inode), refreshed when read from the start."""
+    """An open directory; for one without stable positions, a snapshot of its entries taken when read from 0."""
 
     def __init__(self, inode: Inode) -> None:
         self.inode = inode
-        self.cookies: list[int] = []
-        self.rows: list[tuple[bytes, Inode]] = []
+        self.rows: list[tuple[bytes, Inode]] | None = None
+        self.end = inode.next_cookie()  # names added after this do not show until a rewind
 
 
 @dataclass(eq=False)
@@ -456,18 +467,36 @@ class Vfs:
         self.dirs[fh] = DirHandle(inode)
         return fh
 
-    def readdir(self, fh: int, start: int, cred: Credentials) -> tuple[list[int], list[tuple[bytes, Inode]], int]:
-        """Rows from cookie `start` on: (cookies, rows, index of the first row to send)."""
+    def readdir(self, fh: int, start: int, cred: Credentials) -> Iterator[tuple[int, bytes, Inode]]:
+        """(cookie, name, inode) of the entries past cookie `start`: ".", "..", then the directory's own.
+
+        A directory with stable positions (tmpfs) is read where it stands, so an open directory
+        costs nothing however large it is; a generated one (proc, sys) is listed from a snapshot
+        taken when it is read from the start, which keeps a listing consistent while it runs.
+        """
         handle = self.dirs.get(fh)
         if handle is None:
             raise KernelError(errno.EBADF)
-        if start == 0 or not handle.rows:
-            inode = handle.inode
-            rows: list[tuple[bytes, Inode]] = [(b".", inode), (b"..", self._parent_of(inode))]
-            rows += [(name, self.cross(child)) for name, child in inode.entries(cred)]
-            handle.rows = rows
-            handle.cookies = list(range(1, len(rows) + 1))
-        return handle.cookies, handle.rows, bisect_right(handle.cookies, start)
+        inode = handle.inode
+        if start < 1:
+            yield 1, b".", inode
+        if start < 2:
+            yield 2, b"..", self._parent_of(inode)
+        if start == 0:
+            handle.end = inode.next_cookie()
+        rows = inode.iterate(max(start, 2), cred)
+        if rows is not None:
+            # Like shmem since 6.14 (offset_dir_open), a listing ends at the names that were there when it
+            # began: a reader that creates as it reads (or a busy writer beside it) cannot keep it going forever.
+            end = handle.end
+            rows = takewhile(lambda row: row[0] < end, rows)
+        else:
+            if start == 0 or handle.rows is None:
+                handle.rows = list(inode.entries(cred))
+            snapshot = handle.rows
+            rows = ((3 + i, *snapshot[i]) for i in range(max(0, start - 2), len(snapshot)))
+        for cookie, name, child in rows:
+            yield cookie, name, self.cross(child)
 
     def releasedir(self, fh: int) -> None:
         self.dirs.pop(fh, None)
