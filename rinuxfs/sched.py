@@ -50,6 +50,8 @@ class Task:
     kthread: bool = False
     host: bool = False  # a host process seen through the mount
     cmdline: list[str] = field(default_factory=list)
+    oom_score_adj: int = 0  # signal->oom_score_adj, -1000..1000
+    oom_score_adj_min: int = 0  # the floor an unprivileged writer may not go below
 
 
 class TaskTable:

@@ -17,6 +17,7 @@ from rinuxfs.fs.kernfs import GenDir, GenFile
 from rinuxfs.fs.procfs_mm import build_proc_sys_vm, render_buddyinfo, render_pagetypeinfo, render_zoneinfo
 from rinuxfs.fs.superblock import StatFs, SuperBlock
 from rinuxfs.fs.vfs import Credentials, Inode, Vfs
+from rinuxfs.lib.kstrtox import kstrtoint
 from rinuxfs.mm.vmstat import vmstat
 from rinuxfs.sched import Task
 
@@ -100,7 +101,7 @@ def _set_uts(k: Kernel, field: str, value: str) -> None:
 
 
 def make_pid_dir(root: GenDir, k: Kernel, pid: int) -> Inode:
-    d = GenDir(root.sb, root, mode=0o555)
+    """/proc/<pid>, and in its task/ the one thread rinuxfs knows of the process (/proc/thread-self's target)."""
 
     def task() -> Task:
         t = k.tasks.get(pid)
@@ -108,6 +109,14 @@ def make_pid_dir(root: GenDir, k: Kernel, pid: int) -> Inode:
             raise KernelError(errno.ESRCH, f"process {pid} has exited")
         return t
 
+    d = _pid_files(GenDir(root.sb, root, mode=0o555), k, task)
+    threads = d.dir("task", mode=0o555)
+    threads.static[str(pid).encode()] = _pid_files(GenDir(root.sb, threads, mode=0o555), k, task)
+    own_pid_dir(d, task())
+    return d
+
+
+def _pid_files(d: GenDir, k: Kernel, task: Callable[[], Task]) -> GenDir:
     d.file("stat", lambda: render_pid_stat(k, task()))
     d.file("statm", lambda: "0 0 0 0 0 0 0\n")
     d.file("status", lambda: render_pid_status(k, task()))
@@ -115,8 +124,7 @@ def make_pid_dir(root: GenDir, k: Kernel, pid: int) -> Inode:
     d.file("cmdline", lambda: "".join(a + "\0" for a in task().cmdline), mode=0o444)
     d.file("mounts", lambda: render_mounts(k))
     d.file("mountinfo", lambda: render_mountinfo(k))
-    d.file("oom_score_adj", lambda: "0\n")
-    own_pid_dir(d, task())
+    d.static[b"oom_score_adj"] = OomScoreAdjFile(d.sb, task)
     return d
 
 
@@ -130,28 +138,63 @@ PID_FILE_MODES = {
 
 def own_pid_dir(d: GenDir, t: Task) -> None:
     """/proc/<pid> and all in it belong to the task's uid and gid (pid_update_inode), with base.c's modes."""
-    for inode in (d, *d.static.values()):
-        inode.uid, inode.gid = t.uid, t.gid
+    d.uid, d.gid = t.uid, t.gid
     for name, inode in d.static.items():
+        if isinstance(inode, GenDir):
+            own_pid_dir(inode, t)
+            continue
+        inode.uid, inode.gid = t.uid, t.gid
         mode = PID_FILE_MODES.get(name.decode())
         if mode is not None:
             inode.mode = stat.S_IFMT(inode.mode) | mode
 
 
-class CommFile(GenFile):
-    """/proc/<pid>/comm: a task may rename itself (comm_write), anyone else's write is EINVAL."""
+OOM_SCORE_ADJ_MIN, OOM_SCORE_ADJ_MAX = -1000, 1000
+PROC_NUMBUF = 13
 
-    def __init__(self, sb: SuperBlock, task: Callable[[], Task]) -> None:
-        super().__init__(sb, lambda: f"{task().comm}\n", store=self._refuse)
+
+class TaskFile(GenFile):
+    """A /proc/<pid> file whose writes depend on who writes: `store_as` is given the opener."""
+
+    def __init__(self, sb: SuperBlock, task: Callable[[], Task], show: Callable[[], str]) -> None:
+        super().__init__(sb, show, store=self._through_store_as)
         self.task = task
 
     @staticmethod
-    def _refuse(text: str) -> None:
-        raise KernelError(errno.EINVAL, "comm is written by its own task only")
+    def _through_store_as(text: str) -> None:
+        raise AssertionError("a TaskFile is written through store_as")
+
+
+class OomScoreAdjFile(TaskFile):
+    """/proc/<pid>/oom_score_adj (proc_oom_score_adj_write): -1000..1000; below its floor only for root."""
+
+    def __init__(self, sb: SuperBlock, task: Callable[[], Task]) -> None:
+        super().__init__(sb, task, lambda: f"{task().oom_score_adj}\n")
 
     def store_as(self, text: str, opener: Credentials) -> None:
         t = self.task()
-        if opener.pid != t.pid:  # same_thread_group(current, p): threads of a host process share its pid here
+        # The first PROC_NUMBUF - 1 bytes, blanks around them stripped, then kstrtoint base 0.
+        value = kstrtoint(text.encode(errors="surrogateescape")[:PROC_NUMBUF - 1].strip()
+                          .decode(errors="surrogateescape"), 0)
+        if not OOM_SCORE_ADJ_MIN <= value <= OOM_SCORE_ADJ_MAX:
+            raise KernelError(errno.EINVAL, f"oom_score_adj is {OOM_SCORE_ADJ_MIN}..{OOM_SCORE_ADJ_MAX}")
+        privileged = opener.uid == 0  # CAP_SYS_RESOURCE
+        if value < t.oom_score_adj_min and not privileged:
+            raise KernelError(errno.EACCES, "lowering oom_score_adj below its minimum needs CAP_SYS_RESOURCE")
+        t.oom_score_adj = value
+        if privileged:
+            t.oom_score_adj_min = value
+
+
+class CommFile(TaskFile):
+    """/proc/<pid>/comm: a task may rename itself (comm_write), anyone else's write is EINVAL."""
+
+    def __init__(self, sb: SuperBlock, task: Callable[[], Task]) -> None:
+        super().__init__(sb, task, lambda: f"{task().comm}\n")
+
+    def store_as(self, text: str, opener: Credentials) -> None:
+        t = self.task()
+        if opener.pid != t.pid:  # same_thread_group(current, p); FUSE names a thread by its own id
             raise KernelError(errno.EINVAL, "comm is written by its own task only")
         # The first TASK_COMM_LEN - 1 bytes, up to a NUL; like Linux, a newline written is kept.
         t.comm = text.encode(errors="surrogateescape")[:TASK_COMM_LEN - 1].split(b"\0")[0] \
