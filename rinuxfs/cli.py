@@ -142,6 +142,9 @@ def _check_mountpoint(mountpoint: Path) -> Path:
         raise UsageError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise UsageError(f"mount point {mountpoint} is busy: something is already mounted there")
+    if os.geteuid() != 0 and not os.access(mountpoint, os.W_OK):
+        raise UsageError(f"mount point {mountpoint}: a user mounts only on a directory it may write to "
+                         "(fusermount3's rule)")
     return mountpoint.resolve()
 
 
