@@ -3,7 +3,9 @@
 Contract:
 - A `GenFile` renders its whole content with `show()` when read at offset 0
   and serves later offsets from that snapshot, per open file (the seq_file /
-  LXCFS rule); it opens with direct_io so the host never caches it.
+  LXCFS rule); it opens with direct_io so the host never caches it. The
+  snapshots of all open files share a byte budget (vfs.SnapshotCache): past
+  it the least recently read are dropped and render again at their next read.
 - A writable file passes the bytes written to `store()`, which raises
   KernelError(EINVAL) for a bad value. As kernfs does, each write(2) is one
   store of at most a page (MAX_WRITE bytes: a longer write is cut there and
@@ -89,12 +91,22 @@ class SnapshotFile(OpenFile):
     def __init__(self, inode: GenFile, flags: int, cred: Credentials) -> None:
         super().__init__(inode, flags)
         self.cred = cred
-        self.snapshot = b""
+        self.snapshot: bytes | None = None
+        self.cache = inode.sb.vfs.snapshots
 
     def read(self, offset: int, size: int) -> bytes:
-        if offset == 0:
+        if offset == 0 or self.snapshot is None:
             self.snapshot = self.inode.show().encode(errors="surrogateescape")
+            self.cache.hold(self, len(self.snapshot))
+        else:
+            self.cache.touch(self)
         return self.snapshot[offset : offset + size]
+
+    def forget_snapshot(self) -> None:
+        self.snapshot = None
+
+    def release(self) -> None:
+        self.cache.release(self)
 
     def write(self, offset: int, data: bytes) -> int:
         if self.inode.store is None:

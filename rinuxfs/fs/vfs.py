@@ -26,10 +26,11 @@ import errno
 import os
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import takewhile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from rinuxfs.errors import KernelError
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from rinuxfs.fs.superblock import SuperBlock
 
 NAME_MAX = 255
+SNAPSHOT_BUDGET = 16 << 20  # bytes of rendered views all open files keep together
 MAX_LFS_FILESIZE = (1 << 63) - 1
 
 
@@ -221,6 +223,42 @@ class OpenFile:
         return None
 
 
+class Snapshot(Protocol):
+    def forget_snapshot(self) -> None: ...
+
+
+class SnapshotCache:
+    """What open files of generated filesystems keep of a rendered view between reads, within a byte budget.
+
+    A file renders its view at a read from offset 0 and serves later offsets from that copy
+    (kernfs.SnapshotFile). A client holding many such files open must not make the daemon hold
+    a copy each without bound (10,000 open /proc/interrupts of a 64-CPU machine are 500 MB), so
+    copies past the budget are dropped, least recently read first; a file whose copy was dropped
+    renders again at its next read, as Linux's seq_file renders again at each read(2).
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._held: OrderedDict[Snapshot, int] = OrderedDict()  # least recently read first
+
+    def hold(self, holder: Snapshot, size: int) -> None:
+        self.release(holder)
+        self._held[holder] = size
+        self.used += size
+        while self.used > self.budget and len(self._held) > 1:
+            victim, victim_size = self._held.popitem(last=False)
+            self.used -= victim_size
+            victim.forget_snapshot()
+
+    def touch(self, holder: Snapshot) -> None:
+        if holder in self._held:
+            self._held.move_to_end(holder)
+
+    def release(self, holder: Snapshot) -> None:
+        self.used -= self._held.pop(holder, 0)
+
+
 class DirHandle:
     """An open directory; for one without stable positions, a snapshot of its entries taken when read from 0."""
 
@@ -256,6 +294,7 @@ class Vfs:
         self.inodes: dict[int, Inode] = {}
         self.files: dict[int, OpenFile] = {}
         self.dirs: dict[int, DirHandle] = {}
+        self.snapshots = SnapshotCache(SNAPSHOT_BUDGET)
         self._next_fh = 1
         self.mounts: list[Mount] = []
         self._mount_on: dict[int, Mount] = {}  # covered inode number -> mount

@@ -197,9 +197,11 @@ class BlockDeviceMapping:
             self.writeback()
 
     def writeback(self) -> None:
-        if not self.dirty:
-            return
-        order = sorted(self.dirty)
+        if self.dirty:
+            self._write_back(sorted(self.dirty))
+
+    def _write_back(self, order: list[int]) -> None:
+        """Write the dirty pages `order` (ascending), one bio per run of consecutive ones."""
         bios: list[Bio] = []
         run: list[tuple[int, int]] = []
         for index in order:
@@ -214,7 +216,7 @@ class BlockDeviceMapping:
             self.bdev.submit(bios)
         finally:
             self.mm.account(("nr_writeback",), pfns, -1)
-        self.dirty.clear()
+        self.dirty.difference_update(order)
         self.mm.account(("nr_dirty",), pfns, -1)
         self.mm.events["pgpgout"] += len(order) * (PAGE_SIZE // 1024)
 
@@ -240,3 +242,21 @@ class BlockDeviceMapping:
         """Drop every page (after writeback): the next read goes to the device."""
         self.writeback()
         self.shrink(len(self.pages))
+
+    def invalidate_range(self, offset: int, size: int) -> None:
+        """What O_DIRECT does first (kiocb_invalidate_pages): write back and drop the cached pages of the range.
+
+        Only the range: a direct I/O beside buffered I/O elsewhere on the device leaves that cache alone.
+        """
+        first, last = offset >> PAGE_SHIFT, (offset + size - 1) >> PAGE_SHIFT
+        if last - first + 1 < len(self.pages):
+            cached = [i for i in range(first, last + 1) if i in self.pages]
+        else:
+            cached = sorted(i for i in self.pages if first <= i <= last)
+        dirty = [i for i in cached if i in self.dirty]
+        if dirty:
+            self._write_back(dirty)
+        freed = [self.pages.pop(i) for i in cached]
+        if freed:
+            self.mm.account(BDEV_PAGE_ITEMS, freed, -1)
+            self.mm.free_pages(freed)
