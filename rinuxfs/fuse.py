@@ -88,6 +88,12 @@ class RinuxOperations(pyfuse3.Operations):
         self.kernel = kernel
         self.vfs = kernel.vfs
         self.ids = ids or IdMap()
+        self.vfs.entry_gone = self._entry_gone
+
+    @staticmethod
+    def _entry_gone(parent_ino: int, name: bytes) -> None:
+        # Asynchronous: a notification sent from a handler while the host waits for it could deadlock.
+        pyfuse3.invalidate_entry_async(parent_ino, name, ignore_enoent=True)
 
     # --- helpers -----------------------------------------------------------------------
 

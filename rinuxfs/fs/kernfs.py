@@ -143,6 +143,7 @@ class GenDir(Inode):
         self._dynamic_lookup: Callable[[str], bool] | None = None
         self._dynamic_make: Callable[[str], Inode] | None = None
         self._dynamic_cache: dict[str, Inode] = {}
+        self._sweep_at = 64  # sweep the cache of what went away when it grows past this
 
     @property
     def parent(self) -> Inode:
@@ -200,15 +201,25 @@ class GenDir(Inode):
         if child is None:
             assert self._dynamic_make is not None
             child = self._dynamic_cache[key] = self._dynamic_make(key)
+            if len(self._dynamic_cache) > self._sweep_at:
+                # Children that went away without anyone listing the directory (a stream of short-lived
+                # processes each reading /proc/self) must not pile up: sweep as the cache doubles.
+                assert self._dynamic_lookup is not None
+                self._forget_gone({k for k in self._dynamic_cache if k == key or self._dynamic_lookup(k)})
         return child
+
+    def _forget_gone(self, live: set[str]) -> None:
+        """Drop the children whose key is not live, and have the host drop their names (proc_flush_pid)."""
+        for gone in [k for k in self._dynamic_cache if k not in live]:
+            del self._dynamic_cache[gone]
+            self.sb.vfs.entry_gone(self.ino, gone.encode())
+        self._sweep_at = 2 * len(self._dynamic_cache) + 64
 
     def entries(self, cred: Credentials) -> Iterable[tuple[bytes, Inode]]:
         rows = list(self.static.items())
         if self._dynamic_keys is not None:
             keys = list(self._dynamic_keys())
-            live = set(keys)
-            for gone in [k for k in self._dynamic_cache if k not in live]:
-                del self._dynamic_cache[gone]
+            self._forget_gone(set(keys))
             rows += [(k.encode(), self._dynamic_child(k)) for k in keys]
         return rows
 

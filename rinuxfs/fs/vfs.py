@@ -27,7 +27,7 @@ import os
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import takewhile
 from typing import TYPE_CHECKING, Protocol
@@ -295,6 +295,9 @@ class Vfs:
         self.files: dict[int, OpenFile] = {}
         self.dirs: dict[int, DirHandle] = {}
         self.snapshots = SnapshotCache(SNAPSHOT_BUDGET)
+        # Set by the FUSE adapter: tells the host to drop a name it may have cached (d_invalidate), such
+        # as the /proc entry of a process that exited, so the inodes behind it are forgotten.
+        self.entry_gone: Callable[[int, bytes], None] = lambda parent_ino, name: None
         self._next_fh = 1
         self.mounts: list[Mount] = []
         self._mount_on: dict[int, Mount] = {}  # covered inode number -> mount
