@@ -228,13 +228,14 @@ class Snapshot(Protocol):
 
 
 class SnapshotCache:
-    """What open files of generated filesystems keep of a rendered view between reads, within a byte budget.
+    """What open files of generated filesystems keep between reads, within a byte budget.
 
     A file renders its view at a read from offset 0 and serves later offsets from that copy
-    (kernfs.SnapshotFile). A client holding many such files open must not make the daemon hold
-    a copy each without bound (10,000 open /proc/interrupts of a 64-CPU machine are 500 MB), so
-    copies past the budget are dropped, least recently read first; a file whose copy was dropped
-    renders again at its next read, as Linux's seq_file renders again at each read(2).
+    (kernfs.SnapshotFile); an open generated directory keeps its listing (DirHandle). A client
+    holding many of them open must not make the daemon hold a copy each without bound (10,000
+    open /proc/interrupts of a 64-CPU machine are 500 MB), so copies past the budget are
+    dropped, least recently read first; a file whose copy was dropped renders again at its next
+    read, as Linux's seq_file renders again at each read(2).
     """
 
     def __init__(self, budget: int) -> None:
@@ -259,13 +260,23 @@ class SnapshotCache:
         self.used -= self._held.pop(holder, 0)
 
 
+DIR_ROW_BYTES = 100  # what a snapshot row (a name and an inode reference in a list) costs, roughly
+
+
 class DirHandle:
-    """An open directory; for one without stable positions, a snapshot of its entries taken when read from 0."""
+    """An open directory; for one without stable positions, a snapshot of its entries taken when read from 0.
+
+    The snapshots count against the same budget as the views' (SnapshotCache): one dropped
+    past it is taken again at the next read, where the positions may have moved.
+    """
 
     def __init__(self, inode: Inode) -> None:
         self.inode = inode
         self.rows: list[tuple[bytes, Inode]] | None = None
         self.end = inode.next_cookie()  # names added after this do not show until a rewind
+
+    def forget_snapshot(self) -> None:
+        self.rows = None
 
 
 @dataclass(eq=False)
@@ -535,10 +546,15 @@ class Vfs:
         else:
             if start == 0 or handle.rows is None:
                 handle.rows = list(inode.entries(cred))
+                self.snapshots.hold(handle, len(handle.rows) * DIR_ROW_BYTES)
+            else:
+                self.snapshots.touch(handle)
             snapshot = handle.rows
             rows = ((3 + i, *snapshot[i]) for i in range(max(0, start - 2), len(snapshot)))
         for cookie, name, child in rows:
             yield cookie, name, self.cross(child)
 
     def releasedir(self, fh: int) -> None:
-        self.dirs.pop(fh, None)
+        handle = self.dirs.pop(fh, None)
+        if handle is not None:
+            self.snapshots.release(handle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 
@@ -90,3 +91,25 @@ def test_generated_directories_are_listed_from_a_snapshot(kernel: Kernel) -> Non
     names = listing(kernel, fh, 5)
     assert {b".", b"..", b"meminfo", b"self", b"1"} <= set(names)
     assert len(names) == len(set(names))
+
+
+def test_open_listings_and_views_share_a_bounded_budget(kernel: Kernel) -> None:
+    vfs = kernel.vfs
+    vfs.snapshots.budget = 64 * 1024
+    proc = vfs.lookup(1, b"proc", ROOT_CRED)
+    meminfo = vfs.lookup(proc.ino, b"meminfo", ROOT_CRED)
+    dirs = [vfs.opendir(proc.ino) for _ in range(500)]
+    files = [vfs.open(meminfo.ino, os.O_RDONLY, ROOT_CRED)[0] for _ in range(500)]
+    for fh in dirs:
+        next(iter(vfs.readdir(fh, 2, ROOT_CRED)))  # past "..", the listing is a snapshot
+    for fh in files:
+        assert vfs.file(fh).read(0, 10) == b"MemTotal: "
+    assert 0 < vfs.snapshots.used <= vfs.snapshots.budget
+    # A dropped copy is taken again: the oldest reader still reads on, and lists everything.
+    assert vfs.file(files[0]).read(10, 5)
+    assert len(listing(kernel, dirs[0], 3)) == len(listing(kernel, dirs[-1], 3))
+    for fh in files:
+        vfs.release(fh)
+    for fh in dirs:
+        vfs.releasedir(fh)
+    assert vfs.snapshots.used == 0
