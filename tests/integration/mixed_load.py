@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MIB = 1 << 20
+KINDS = ("dev pwrite", "dev pread", "dev O_DIRECT pwrite", "dev O_DIRECT pread", "tmp pwrite", "tmp pread",
+         "fsync", "proc read", "create", "rename", "unlink", "listdir")
 REGION = 2 * MIB  # of the disk, per worker
 FILE_SIZE = MIB  # of the tmp/ file, per worker
 DISK = "dev/nvme0n1"
@@ -39,6 +41,7 @@ class WorkerResult:
     ops: int
     bytes_moved: int
     latencies_us: bytes  # array("I") of every call's time
+    kinds: bytes  # array("B"): the KINDS index of each call
     errors: list[str] = field(default_factory=list)
     region_digest: str = ""
 
@@ -54,6 +57,7 @@ class LoadResult:
     max_us: int
     errors: list[str]
     digests: dict[int, str]
+    by_kind: dict[str, tuple[int, int, int]]  # calls, p50 and p99 in µs, per kind of call
 
     @property
     def ops_per_s(self) -> float:
@@ -84,6 +88,7 @@ class Worker:
         self.deadline = time.monotonic() + seconds
         self.rng = random.Random(seed)
         self.latencies = array("I")
+        self.kinds = array("B")
         self.ops = 0
         self.moved = 0
         self.errors: list[str] = []
@@ -101,6 +106,7 @@ class Worker:
             return None
         finally:
             self.latencies.append(min((time.perf_counter_ns() - t0) // 1000, 2**32 - 1))
+            self.kinds.append(KINDS.index(what))
             self.ops += 1
 
     def run(self) -> WorkerResult:
@@ -119,7 +125,8 @@ class Worker:
         finally:
             for fd in (dev, direct, tmp):
                 os.close(fd)
-        return WorkerResult(self.index, self.ops, self.moved, self.latencies.tobytes(), self.errors,
+        return WorkerResult(self.index, self.ops, self.moved, self.latencies.tobytes(), self.kinds.tobytes(),
+                            self.errors,
                             hashlib.sha256(disk).hexdigest())
 
     def step(self, dev: int, direct: int, tmp: int, aligned: mmap.mmap, disk: bytearray, data: bytearray) -> None:
@@ -216,7 +223,7 @@ def _run_worker(args: tuple[str, int, float, int]) -> WorkerResult:
     try:
         return Worker(Path(root), index, seconds, seed).run()
     except BaseException as e:  # noqa: BLE001 - a worker reports, the caller decides
-        return WorkerResult(index, 0, 0, b"", [f"worker {index} crashed: {e!r}"])
+        return WorkerResult(index, 0, 0, b"", b"", [f"worker {index} crashed: {e!r}"])
 
 
 def run_load(root: Path, procs: int = 64, seconds: float = 10.0, seed: int = 1) -> LoadResult:
@@ -228,17 +235,22 @@ def run_load(root: Path, procs: int = 64, seconds: float = 10.0, seed: int = 1) 
         # A worker's last call may wait behind every other worker's: generous, but a hang still ends here.
         results: list[WorkerResult] = pending.get(timeout=seconds + 300)
     elapsed = time.monotonic() - started
-    latencies = array("I")
+    latencies, kinds = array("I"), array("B")
     for r in results:
         latencies.frombytes(r.latencies_us)
+        kinds.frombytes(r.kinds)
     ordered = sorted(latencies)
+    per_kind: dict[str, list[int]] = {kind: [] for kind in KINDS}
+    for us, kind in zip(latencies, kinds, strict=True):
+        per_kind[KINDS[kind]].append(us)
+    by_kind = {kind: (len(v), _pct(sorted(v), 0.5), _pct(sorted(v), 0.99)) for kind, v in per_kind.items() if v}
+    return LoadResult(procs, elapsed, sum(r.ops for r in results), sum(r.bytes_moved for r in results),
+                      _pct(ordered, 0.5), _pct(ordered, 0.99), ordered[-1] if ordered else 0,
+                      [e for r in results for e in r.errors], {r.index: r.region_digest for r in results}, by_kind)
 
-    def pct(p: float) -> int:
-        return ordered[min(len(ordered) - 1, int(len(ordered) * p))] if ordered else 0
 
-    return LoadResult(procs, elapsed, sum(r.ops for r in results), sum(r.bytes_moved for r in results), pct(0.5),
-                      pct(0.99), ordered[-1] if ordered else 0, [e for r in results for e in r.errors],
-                      {r.index: r.region_digest for r in results})
+def _pct(ordered: list[int], p: float) -> int:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))] if ordered else 0
 
 
 def image_digests(image: Path, procs: int) -> dict[int, str]:
@@ -274,6 +286,8 @@ def main() -> int:
         on_image = image_digests(image, args.procs)
     bad = [i for i, digest in result.digests.items() if on_image[i] != digest]
     print(result.summary())
+    for kind, (calls, p50, p99) in result.by_kind.items():
+        print(f"  {kind:20} {calls:7} calls  p50 {p50:7} µs  p99 {p99:7} µs")
     print(f"daemon RSS at the end {status.get('VmRSS', 0) / MIB:.0f} MiB, peak {status.get('VmHWM', 0) / MIB:.0f} MiB;"
           f" image: {args.procs - len(bad)}/{args.procs} regions as written")
     for line in result.errors[:20]:
