@@ -112,21 +112,35 @@ def parse_ints(text: str, count: int, lo: int, hi: int) -> list[int]:
     other digits than ASCII, at most 20 characters a number. What follows the last number the
     file takes is ignored, as Linux ignores it (a write of "5\n6" sets 5).
     """
+    values, error = parse_int_prefix(text, count, lo, hi)
+    if error is not None:
+        raise error
+    return values
+
+
+def parse_int_prefix(text: str, count: int, lo: int, hi: int) -> tuple[list[int], KernelError | None]:
+    """The numbers parse_ints takes before the first bad one, and the error that one is (None if none).
+
+    A vector sysctl stores each value as it is parsed, so the ones before a bad one are kept.
+    """
     data = text.encode(errors="surrogateescape")
     values: list[int] = []
     pos = 0
-    while len(values) < count:
-        while pos < len(data) and data[pos] in _SPACES:
-            pos += 1
-        if pos == len(data):
-            break
-        value, pos = _proc_get_long(data, pos)
-        if not lo <= value <= hi:
-            raise KernelError(errno.EINVAL, f"{value} is out of range [{lo}, {hi}]")
-        values.append(value)
-    if not values:
-        raise KernelError(errno.EINVAL, "no number")
-    return values
+    try:
+        while len(values) < count:
+            while pos < len(data) and data[pos] in _SPACES:
+                pos += 1
+            if pos == len(data):
+                break
+            value, pos = _proc_get_long(data, pos)
+            if not lo <= value <= hi:
+                raise KernelError(errno.EINVAL, f"{value} is out of range [{lo}, {hi}]")
+            values.append(value)
+        if not values:
+            raise KernelError(errno.EINVAL, "no number")
+    except KernelError as e:
+        return values, e
+    return values, None
 
 
 _SPACES = b" \t\n\v\f\r"
@@ -181,7 +195,9 @@ def build_proc_sys_vm(vm: GenDir, k: Kernel) -> None:
         a.setup_watermarks()
 
     def set_lowmem_reserve_ratio(text: str) -> None:
-        values = parse_ints(text, MAX_NR_ZONES, -INT_MAX - 1, INT_MAX)
+        # lowmem_reserve_ratio_sysctl_handler ignores what proc_dointvec_minmax returns: the values before
+        # a bad one are kept, and the write succeeds whatever it held (Linux 6.18 takes "garbage" silently).
+        values, _ = parse_int_prefix(text, MAX_NR_ZONES, -INT_MAX - 1, INT_MAX)
         for i, value in enumerate(values):
             a.lowmem_reserve_ratio[i] = value if value >= 1 else 0
         a.setup_watermarks()

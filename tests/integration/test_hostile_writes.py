@@ -67,9 +67,10 @@ def accepts(own_pid: int) -> list[Accepts]:
         # -1 is wbt's "back to the default" (the value at boot), and io_poll_delay's classic polling.
         Accepts("sys/devices/*/queue/wbt_lat_usec", lambda v: v == b"-1", lambda v, before: before),
         Accepts("sys/devices/*/queue/io_poll_delay", lambda v: v == b"-1", lambda v, _: b"-1\n"),
-        # lowmem_reserve_ratio takes any int per zone and keeps values below 1 as 0.
-        Accepts("proc/sys/vm/lowmem_reserve_ratio", lambda v: v == b"-1",
-                lambda v, before: b"0\t" + before.split(b"\t", 1)[1]),
+        # lowmem_reserve_ratio's handler ignores parse errors (every write succeeds) and keeps values
+        # below 1 as 0; of these values only -1 parses.
+        Accepts("proc/sys/vm/lowmem_reserve_ratio", lambda v: True,
+                lambda v, before: b"0\t" + before.split(b"\t", 1)[1] if v == b"-1" else before),
     ]
 
 
