@@ -114,6 +114,8 @@ def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> Non
 
                 nursery.start_soon(watch_signals)
                 nursery.start_soon(after_init)
+                # One request at a time: no handler awaits, so more workers would overlap nothing, and
+                # the kernel's state is only ever seen between two requests, never in the middle of one.
                 await pyfuse3.main(min_tasks=1, max_tasks=1)
                 ended_by_host = not stopped_by_signal  # fusermount3 -u: the mount is already gone
                 nursery.cancel_scope.cancel()
