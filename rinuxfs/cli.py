@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -146,6 +147,9 @@ def _check_mountpoint(mountpoint: Path) -> Path:
         raise UsageError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(path):
         raise UsageError(f"mount point {mountpoint} is busy: something is already mounted there")
+    if os.geteuid() != 0 and not os.access(mountpoint, os.W_OK):
+        raise UsageError(f"mount point {mountpoint}: a user mounts only on a directory it may write to "
+                         "(fusermount3's rule)")
     return path
 
 
@@ -206,6 +210,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     sweep()
     if not os.path.exists("/dev/fuse"):
         raise UsageError("/dev/fuse is missing: install fuse3 (scripts/setup does) and load the fuse module")
+    if os.geteuid() != 0 and not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        # fusermount3 opens /dev/fuse as the user: its mode is what lets users mount FUSE at all.
+        raise UsageError("/dev/fuse is not open to users (udev makes it 0666; here it is "
+                         f"{stat.S_IMODE(os.stat('/dev/fuse').st_mode):04o}): only root can mount")
     image = args.image.resolve()
     config = KernelConfig(image=image, controller=args.controller, mem=args.mem, cpus=args.cpus,
                           tmpfs_size=args.tmpfs_size, read_only=args.ro, force_gpt=args.force_gpt,

@@ -7,6 +7,11 @@ on the way out always flushes the kernel to the image, unmounts if the mount
 is still ours, and releases the kernel. SIGTERM, SIGINT and SIGHUP end it
 cleanly; so does `fusermount3 -u` (the request loop then returns by itself).
 If that last writeback fails, `serve` raises DaemonError once all is released.
+
+A user (not root) mounts as libfuse lets users mount, through the set-uid
+fusermount3. What needs host root is skipped with a log line (the bdi
+readahead) or left to /etc/fuse.conf (allow_other); the machine itself shows
+its root's files as the user's (fuse.IdMap), so dev/, sys/ and proc/kmsg work.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import pyfuse3
 import trio
 
 from rinuxfs.errors import KernelError
-from rinuxfs.fuse import RinuxOperations
+from rinuxfs.fuse import IdMap, RinuxOperations
 from rinuxfs.kernel import Kernel
 
 log = logging.getLogger("rinuxfs")
@@ -60,6 +65,8 @@ def tune_readahead(mountpoint: Path) -> str:
         devs = [line.split()[2] for line in f if line.split()[4] == str(mountpoint)]
     if not devs:
         return "mount not found in mountinfo"
+    if os.geteuid() != 0:
+        return f"read_ahead_kb of bdi {devs[-1]} left at the host's 128: raising it needs root"
     try:
         with open(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb", "w") as f:
             f.write(f"{READ_AHEAD_KB}\n")
@@ -87,7 +94,7 @@ def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> Non
     early: list[int] = []
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda s, _frame: early.append(s))
-    ops = RinuxOperations(kernel)
+    ops = RinuxOperations(kernel, IdMap(os.getuid(), os.getgid()))
     pyfuse3.init(ops, str(mountpoint), mount_options(may_allow_other()))
     kernel.log.info(f"rinuxfs: mounted on {mountpoint}")
     if kernel.config.mem_prealloc:
@@ -121,6 +128,8 @@ def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> Non
 
                 nursery.start_soon(watch_signals)
                 nursery.start_soon(after_init)
+                # One request at a time: no handler awaits, so more workers would overlap nothing, and
+                # the kernel's state is only ever seen between two requests, never in the middle of one.
                 kernel.start(nursery)  # kswapd and the flusher: cancelled with the nursery at the end
                 nursery.start_soon(kernel.workqueue.worker)  # the kworker: deferred driver work between requests
                 await pyfuse3.main(min_tasks=1, max_tasks=1)

@@ -6,6 +6,10 @@ result into pyfuse3 types. Every handler runs under `_syscall`, which maps a
 KernelError to its errno and any other exception to EIO plus a kernel-log
 line, because an exception escaping a pyfuse3 handler kills the mount.
 `forget` has no reply to carry an errno, so it logs and swallows instead.
+
+Ids are translated here too (`IdMap`): a mount made by a user shows the simulated
+kernel's root (uid and gid 0) as that user, the way the host maps the ids of a FUSE
+daemon that runs in a user namespace, and the user's requests reach the kernel as root's.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import functools
 import os
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -45,6 +50,32 @@ def _syscall(fn: F) -> F:
     return handler  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class IdMap:
+    """The host ids that stand for the kernel's root: 0 and 0 for a mount made by root.
+
+    For a user's mount they are the user's own, as in a user namespace whose root is that user
+    (Linux's FUSE maps a daemon's ids through its user namespace the same way): the user sees
+    the machine as its root does (dev/ nodes, sys/ attributes, proc/kmsg), and other ids pass
+    through unchanged.
+    """
+
+    uid: int = 0
+    gid: int = 0
+
+    def host_uid(self, uid: int) -> int:
+        return self.uid if uid == 0 else uid
+
+    def host_gid(self, gid: int) -> int:
+        return self.gid if gid == 0 else gid
+
+    def kernel_uid(self, uid: int) -> int:
+        return 0 if uid == self.uid else uid
+
+    def kernel_gid(self, gid: int) -> int:
+        return 0 if gid == self.gid else gid
+
+
 class RinuxOperations(pyfuse3.Operations):
     # No writeback cache: with it the host owns file sizes and times, so ENOSPC would surface only
     # at close, and the size of a dev/ or proc file would be what the host last wrote, not ours.
@@ -52,12 +83,19 @@ class RinuxOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     supports_dot_lookup = True
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, ids: IdMap | None = None) -> None:
         super().__init__()
         self.kernel = kernel
         self.vfs = kernel.vfs
         self.vfs.forget_entry = lambda parent, name: pyfuse3.invalidate_entry_async(parent.ino, name,
                                                                                    ignore_enoent=True)
+        self.ids = ids or IdMap()
+        self.vfs.entry_gone = self._entry_gone
+
+    @staticmethod
+    def _entry_gone(parent_ino: int, name: bytes) -> None:
+        # Asynchronous: a notification sent from a handler while the host waits for it could deadlock.
+        pyfuse3.invalidate_entry_async(parent_ino, name, ignore_enoent=True)
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -67,12 +105,11 @@ class RinuxOperations(pyfuse3.Operations):
             self.kernel.log.printk(7, line)
 
     def _cred(self, ctx: pyfuse3.RequestContext) -> Credentials:
-        cred = Credentials(ctx.uid, ctx.gid, ctx.pid, ctx.umask)
+        cred = Credentials(self.ids.kernel_uid(ctx.uid), self.ids.kernel_gid(ctx.gid), ctx.pid, ctx.umask)
         self.kernel.current = cred
         return cred
 
-    @staticmethod
-    def _attrs(inode: Inode) -> pyfuse3.EntryAttributes:
+    def _attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode.ino
         a.generation = 0
@@ -80,8 +117,8 @@ class RinuxOperations(pyfuse3.Operations):
         a.attr_timeout = inode.sb.attr_timeout
         a.st_mode = inode.mode
         a.st_nlink = inode.nlink
-        a.st_uid = inode.uid
-        a.st_gid = inode.gid
+        a.st_uid = self.ids.host_uid(inode.uid)
+        a.st_gid = self.ids.host_gid(inode.gid)
         a.st_rdev = inode.rdev
         a.st_size = inode.size
         a.st_blksize = 4096
@@ -122,8 +159,8 @@ class RinuxOperations(pyfuse3.Operations):
         self._cred(ctx)
         change = AttrChange(
             mode=attr.st_mode if fields.update_mode else None,
-            uid=attr.st_uid if fields.update_uid else None,
-            gid=attr.st_gid if fields.update_gid else None,
+            uid=self.ids.kernel_uid(attr.st_uid) if fields.update_uid else None,
+            gid=self.ids.kernel_gid(attr.st_gid) if fields.update_gid else None,
             size=attr.st_size if fields.update_size else None,
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
@@ -218,10 +255,8 @@ class RinuxOperations(pyfuse3.Operations):
 
     @_syscall
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        cookies, rows, first = self.vfs.readdir(fh, start_id, self.kernel.current)
-        for i in range(first, len(rows)):
-            name, inode = rows[i]
-            if not pyfuse3.readdir_reply(token, name, self._attrs(inode), cookies[i]):
+        for cookie, name, inode in self.vfs.readdir(fh, start_id, self.kernel.current):
+            if not pyfuse3.readdir_reply(token, name, self._attrs(inode), cookie):
                 break
             if name not in (b".", b".."):
                 self.vfs.remember(inode)

@@ -16,11 +16,15 @@ empty logs, and all but the `KEEP_FAILED_LOGS` newest non-empty logs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from rinuxfs.errors import KernelError
 
 KEEP_FAILED_LOGS = 8
 
@@ -32,8 +36,19 @@ def runtime_dir() -> Path:
         base = Path("/run/rinuxfs")
     else:
         base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/rinuxfs-{os.getuid()}") / "rinuxfs"
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_private(base)
     base.mkdir(parents=True, exist_ok=True)
     return base
+
+
+def _check_private(path: Path) -> None:
+    """Refuse a user's runtime directory (or its /tmp parent) that another user could plant files in."""
+    for d in (path, path.parent) if path.parent.name.startswith("rinuxfs-") else (path,):
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise KernelError(errno.EPERM, f"runtime directory {d} is not private (owner uid {st.st_uid}, mode "
+                                           f"{stat.S_IMODE(st.st_mode):o}): remove it or set XDG_RUNTIME_DIR")
 
 
 def _key(mountpoint: Path) -> str:

@@ -73,6 +73,7 @@ class TaskTable:
         self.tasks: dict[int, Task] = {}
         self.last_pid = 0
         self.forks = 0
+        self._sweep_at = 64  # sweep out exited host processes when the table grows past this
 
     def spawn_kernel_thread(self, pid: int, comm: str, ppid: int) -> Task:
         state = "S" if pid == 1 else "I"
@@ -95,9 +96,14 @@ class TaskTable:
         return self._adopt_host_process(pid)
 
     def list(self) -> list[Task]:
+        self._sweep()
+        return sorted(self.tasks.values(), key=lambda t: t.pid)
+
+    def _sweep(self) -> None:
+        """Forget host processes that exited: the table holds what lives, not every process ever seen."""
         for pid in [p for p, t in self.tasks.items() if t.host and not _host_alive(p)]:
             del self.tasks[pid]
-        return sorted(self.tasks.values(), key=lambda t: t.pid)
+        self._sweep_at = 2 * len(self.tasks) + 64
 
     def _adopt_host_process(self, pid: int) -> Task | None:
         if pid <= 0 or not _host_alive(pid):
@@ -116,6 +122,8 @@ class TaskTable:
         self.tasks[pid] = task
         self.last_pid = max(self.last_pid, pid)
         self.forks += 1
+        if len(self.tasks) > self._sweep_at:
+            self._sweep()
         return task
 
     def nr_running(self) -> int:

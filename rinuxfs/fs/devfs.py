@@ -139,7 +139,7 @@ class BlockDeviceFile(OpenFile):
         return n
 
     def _direct(self, op: ReqOp, offset: int, size: int, data: bytes = b"") -> bytes:
-        """O_DIRECT: aligned I/O through bounce frames, after writing back and dropping cached pages."""
+        """O_DIRECT: aligned I/O through bounce frames, after writing back and dropping the range's cached pages."""
         node = self.inode
         # blkdev_read_iter/blkdev_write_iter cut the request at the end of the device before
         # blkdev_direct_IO checks alignment: a read at or past the end is 0 bytes, and a tail
@@ -150,7 +150,7 @@ class BlockDeviceFile(OpenFile):
         lbs = node.bdev.disk.queue.limits.logical_block_size
         if offset % lbs or size % lbs:
             raise KernelError(errno.EINVAL, f"O_DIRECT I/O must be aligned to {lbs} bytes")
-        node.mapping.invalidate()
+        node.mapping.invalidate_range(offset, size)
         npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
         pfns = node.mm.alloc_pages(npages)
         ram = node.mm.ram.view

@@ -3,10 +3,16 @@
 Contract:
 - A `GenFile` renders its whole content with `show()` when read at offset 0
   and serves later offsets from that snapshot, per open file (the seq_file /
-  LXCFS rule); it opens with direct_io so the host never caches it.
+  LXCFS rule); it opens with direct_io so the host never caches it. The
+  snapshots of all open files share a byte budget (vfs.SnapshotCache): past
+  it the least recently read are dropped and render again at their next read.
 - A writable file passes the bytes written to `store()`, which raises
-  KernelError(EINVAL) for a bad value. Opening a file without `store` for
-  writing fails with EACCES, for root too, as kernfs does.
+  KernelError(EINVAL) for a bad value. As kernfs does, each write(2) is one
+  store of at most a page (MAX_WRITE bytes: a longer write is cut there and
+  reports that many written), whatever the file offset; the bytes reach
+  store() as they are (decoded with surrogateescape, so no value is refused
+  for not being UTF-8 before its store has seen it). Opening a file without
+  `store` for writing fails with EACCES, for root too, as kernfs does.
 - A `GenDir` holds static children and may add dynamic ones from a function
   (the pid directories of /proc); a dynamic child keeps its inode while its
   key lives, so inode numbers stay stable.
@@ -30,6 +36,7 @@ from rinuxfs.fs.vfs import AttrChange, Credentials, Inode, OpenFile
 
 Show = Callable[[], str]
 Store = Callable[[str], None]
+MAX_WRITE = 4096  # kernfs_fop_write_iter: a store sees at most PAGE_SIZE bytes of one write
 
 
 class KernfsSuperBlock(SuperBlock):
@@ -61,7 +68,12 @@ class GenFile(Inode):
     def open(self, flags: int, cred: Credentials) -> OpenFile:
         if flags & os.O_ACCMODE != os.O_RDONLY and self.store is None:
             raise KernelError(errno.EACCES, "read-only attribute")
-        return SnapshotFile(self, flags)
+        return SnapshotFile(self, flags, cred)
+
+    def store_as(self, text: str, opener: Credentials) -> None:
+        """A write through a file `opener` opened (files whose store depends on the writer override it)."""
+        assert self.store is not None
+        self.store(text)
 
     def setattr(self, change: AttrChange) -> None:
         # O_TRUNC and `echo >` truncate before writing; like sysfs, ignore the size.
@@ -76,26 +88,31 @@ class SnapshotFile(OpenFile):
     inode: GenFile
     direct_io = True
 
-    def __init__(self, inode: GenFile, flags: int) -> None:
+    def __init__(self, inode: GenFile, flags: int, cred: Credentials) -> None:
         super().__init__(inode, flags)
-        self.snapshot = b""
+        self.cred = cred
+        self.snapshot: bytes | None = None
+        self.cache = inode.sb.vfs.snapshots
 
     def read(self, offset: int, size: int) -> bytes:
-        if offset == 0:
-            self.snapshot = self.inode.show().encode()
+        if offset == 0 or self.snapshot is None:
+            self.snapshot = self.inode.show().encode(errors="surrogateescape")
+            self.cache.hold(self, len(self.snapshot))
+        else:
+            self.cache.touch(self)
         return self.snapshot[offset : offset + size]
 
+    def forget_snapshot(self) -> None:
+        self.snapshot = None
+
+    def release(self) -> None:
+        self.cache.release(self)
+
     def write(self, offset: int, data: bytes) -> int:
-        store = self.inode.store
-        if store is None:
+        if self.inode.store is None:
             raise KernelError(errno.EACCES)
-        if offset != 0:
-            raise KernelError(errno.EINVAL, "attributes are written whole, from offset 0")
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            raise KernelError(errno.EINVAL, "attribute values are text") from None
-        store(text)
+        data = data[:MAX_WRITE]
+        self.inode.store_as(data.decode(errors="surrogateescape"), self.cred)
         self.inode.touch(m=True, c=True)
         return len(data)
 
@@ -126,6 +143,7 @@ class GenDir(Inode):
         self._dynamic_lookup: Callable[[str], bool] | None = None
         self._dynamic_make: Callable[[str], Inode] | None = None
         self._dynamic_cache: dict[str, Inode] = {}
+        self._sweep_at = 64  # sweep the cache of what went away when it grows past this
 
     @property
     def parent(self) -> Inode:
@@ -183,15 +201,25 @@ class GenDir(Inode):
         if child is None:
             assert self._dynamic_make is not None
             child = self._dynamic_cache[key] = self._dynamic_make(key)
+            if len(self._dynamic_cache) > self._sweep_at:
+                # Children that went away without anyone listing the directory (a stream of short-lived
+                # processes each reading /proc/self) must not pile up: sweep as the cache doubles.
+                assert self._dynamic_lookup is not None
+                self._forget_gone({k for k in self._dynamic_cache if k == key or self._dynamic_lookup(k)})
         return child
+
+    def _forget_gone(self, live: set[str]) -> None:
+        """Drop the children whose key is not live, and have the host drop their names (proc_flush_pid)."""
+        for gone in [k for k in self._dynamic_cache if k not in live]:
+            del self._dynamic_cache[gone]
+            self.sb.vfs.entry_gone(self.ino, gone.encode())
+        self._sweep_at = 2 * len(self._dynamic_cache) + 64
 
     def entries(self, cred: Credentials) -> Iterable[tuple[bytes, Inode]]:
         rows = list(self.static.items())
         if self._dynamic_keys is not None:
             keys = list(self._dynamic_keys())
-            live = set(keys)
-            for gone in [k for k in self._dynamic_cache if k not in live]:
-                del self._dynamic_cache[gone]
+            self._forget_gone(set(keys))
             rows += [(k.encode(), self._dynamic_child(k)) for k in keys]
         return rows
 

@@ -8,11 +8,12 @@ widths, tabs and trailing spaces matter to the tools that parse them.
 from __future__ import annotations
 
 import errno
-import re
+import stat
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rinuxfs.errors import KernelError
-from rinuxfs.fs.kernfs import GenDir
+from rinuxfs.fs.kernfs import GenDir, GenFile
 from rinuxfs.fs.procfs_mm import (
     add_pid_mm_files,
     build_proc_pressure,
@@ -24,7 +25,7 @@ from rinuxfs.fs.procfs_mm import (
     render_zoneinfo,
 )
 from rinuxfs.fs.superblock import StatFs, SuperBlock
-from rinuxfs.fs.vfs import Inode, Vfs
+from rinuxfs.fs.vfs import Credentials, Inode, Vfs
 from rinuxfs.lib.kstrtox import kstrtoint, kstrtouint
 from rinuxfs.mm.vmstat import vmstat
 from rinuxfs.sched import Task
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 
 PROC_SUPER_MAGIC = 0x9FA0
 PID_MAX = 4194304
-_HOSTNAME = re.compile(r"^[^\x00]{0,64}$")
+TASK_COMM_LEN = 16
+NEW_UTS_LEN = 64
 
 
 class ProcSuperBlock(SuperBlock):
@@ -87,20 +89,29 @@ def build_proc_tree(root: GenDir, k: Kernel) -> None:
     build_proc_sys_vm(root.path("sys/vm", mode=0o555), k)
     root.dynamic(
         keys=lambda: [str(t.pid) for t in k.tasks.list()],
-        exists=lambda key: key.isdigit() and k.tasks.get(int(key)) is not None,
+        exists=lambda key: pid_of_name(key) is not None and k.tasks.get(int(key)) is not None,
         make=lambda key: make_pid_dir(root, k, int(key)),
     )
 
 
+def pid_of_name(name: str) -> int | None:
+    """name_to_int: ASCII digits without a leading zero ("01", "١" and "+1" name no process)."""
+    if not name or not name.isascii() or not name.isdigit() or (len(name) > 1 and name[0] == "0"):
+        return None
+    pid = int(name)
+    return pid if pid <= PID_MAX else None
+
+
 def _set_uts(k: Kernel, field: str, value: str) -> None:
-    value = value[:-1] if value.endswith("\n") else value
-    if not _HOSTNAME.match(value):
-        raise KernelError(errno.EINVAL, f"{field} is at most 64 bytes")
-    setattr(k.utsname, field, value)
+    """proc_dostring: the bytes up to the first newline or NUL, cut at __NEW_UTS_LEN; any byte goes."""
+    raw = value.encode(errors="surrogateescape")
+    for stop in (b"\n", b"\0"):
+        raw = raw.split(stop, 1)[0]
+    setattr(k.utsname, field, raw[:NEW_UTS_LEN].decode(errors="surrogateescape"))
 
 
 def make_pid_dir(root: GenDir, k: Kernel, pid: int) -> Inode:
-    d = GenDir(root.sb, root, mode=0o555)
+    """/proc/<pid>, and in its task/ the one thread rinuxfs knows of the process (/proc/thread-self's target)."""
 
     def task() -> Task:
         t = k.tasks.get(pid)
@@ -108,15 +119,23 @@ def make_pid_dir(root: GenDir, k: Kernel, pid: int) -> Inode:
             raise KernelError(errno.ESRCH, f"process {pid} has exited")
         return t
 
-    d.uid = d.gid = 0
+    d = _pid_files(GenDir(root.sb, root, mode=0o555), k, task)
+    threads = d.dir("task", mode=0o555)
+    threads.static[str(pid).encode()] = _pid_files(GenDir(root.sb, threads, mode=0o555), k, task)
+    own_pid_dir(d, task())
+    return d
+
+
+def _pid_files(d: GenDir, k: Kernel, task: Callable[[], Task]) -> GenDir:
     d.file("stat", lambda: render_pid_stat(k, task()))
     d.file("statm", lambda: render_pid_statm(k, task()))
     d.file("status", lambda: render_pid_status(k, task()))
-    d.file("comm", lambda: f"{task().comm}\n")
+    d.static[b"comm"] = CommFile(d.sb, task)
     d.file("cmdline", lambda: "".join(a + "\0" for a in task().cmdline), mode=0o444)
     d.file("mounts", lambda: render_mounts(k))
     d.file("mountinfo", lambda: render_mountinfo(k))
     add_pid_mm_files(d, k, task)
+    d.static[b"oom_score_adj"] = OomScoreAdjFile(d.sb, task)
     # CONFIG_FAULT_INJECTION's per-task files (fs/proc/base.c proc_fault_inject_*, proc_fail_nth_*)
     d.file("make-it-fail", lambda: f"{int(task().make_it_fail)}\n", store=lambda v: _store_make_it_fail(k, task(), v))
     d.file("fail-nth", lambda: f"{task().fail_nth}\n", store=lambda v: _store_fail_nth(k, task(), v))
@@ -138,6 +157,80 @@ def _store_make_it_fail(k: Kernel, t: Task, text: str) -> None:
     if value not in (0, 1):
         raise KernelError(errno.EINVAL, "make-it-fail takes 0 or 1")
     t.make_it_fail = bool(value)
+
+
+# fs/proc/base.c's tgid_base_stuff: the mode of each file of /proc/<pid>.
+PID_FILE_MODES = {
+    "stat": 0o444, "statm": 0o444, "status": 0o444, "comm": 0o644, "cmdline": 0o444, "mounts": 0o444,
+    "mountinfo": 0o444, "oom_score": 0o444, "oom_score_adj": 0o644, "oom_adj": 0o644, "environ": 0o400,
+    "auxv": 0o400, "mem": 0o600, "io": 0o400, "limits": 0o444, "maps": 0o444, "smaps": 0o444,
+    "make-it-fail": 0o644, "fail-nth": 0o644,
+}
+
+
+def own_pid_dir(d: GenDir, t: Task) -> None:
+    """/proc/<pid> and all in it belong to the task's uid and gid (pid_update_inode), with base.c's modes."""
+    d.uid, d.gid = t.uid, t.gid
+    for name, inode in d.static.items():
+        if isinstance(inode, GenDir):
+            own_pid_dir(inode, t)
+            continue
+        inode.uid, inode.gid = t.uid, t.gid
+        mode = PID_FILE_MODES.get(name.decode())
+        if mode is not None:
+            inode.mode = stat.S_IFMT(inode.mode) | mode
+
+
+OOM_SCORE_ADJ_MIN, OOM_SCORE_ADJ_MAX = -1000, 1000
+PROC_NUMBUF = 13
+
+
+class TaskFile(GenFile):
+    """A /proc/<pid> file whose writes depend on who writes: `store_as` is given the opener."""
+
+    def __init__(self, sb: SuperBlock, task: Callable[[], Task], show: Callable[[], str]) -> None:
+        super().__init__(sb, show, store=self._through_store_as)
+        self.task = task
+
+    @staticmethod
+    def _through_store_as(text: str) -> None:
+        raise AssertionError("a TaskFile is written through store_as")
+
+
+class OomScoreAdjFile(TaskFile):
+    """/proc/<pid>/oom_score_adj (proc_oom_score_adj_write): -1000..1000; below its floor only for root."""
+
+    def __init__(self, sb: SuperBlock, task: Callable[[], Task]) -> None:
+        super().__init__(sb, task, lambda: f"{task().oom_score_adj}\n")
+
+    def store_as(self, text: str, opener: Credentials) -> None:
+        t = self.task()
+        # The first PROC_NUMBUF - 1 bytes, blanks around them stripped, then kstrtoint base 0.
+        value = kstrtoint(text.encode(errors="surrogateescape")[:PROC_NUMBUF - 1].strip()
+                          .decode(errors="surrogateescape"), 0)
+        if not OOM_SCORE_ADJ_MIN <= value <= OOM_SCORE_ADJ_MAX:
+            raise KernelError(errno.EINVAL, f"oom_score_adj is {OOM_SCORE_ADJ_MIN}..{OOM_SCORE_ADJ_MAX}")
+        privileged = opener.uid == 0  # CAP_SYS_RESOURCE
+        if value < t.oom_score_adj_min and not privileged:
+            raise KernelError(errno.EACCES, "lowering oom_score_adj below its minimum needs CAP_SYS_RESOURCE")
+        t.oom_score_adj = value
+        if privileged:
+            t.oom_score_adj_min = value
+
+
+class CommFile(TaskFile):
+    """/proc/<pid>/comm: a task may rename itself (comm_write), anyone else's write is EINVAL."""
+
+    def __init__(self, sb: SuperBlock, task: Callable[[], Task]) -> None:
+        super().__init__(sb, task, lambda: f"{task().comm}\n")
+
+    def store_as(self, text: str, opener: Credentials) -> None:
+        t = self.task()
+        if opener.pid != t.pid:  # same_thread_group(current, p); FUSE names a thread by its own id
+            raise KernelError(errno.EINVAL, "comm is written by its own task only")
+        # The first TASK_COMM_LEN - 1 bytes, up to a NUL; like Linux, a newline written is kept.
+        t.comm = text.encode(errors="surrogateescape")[:TASK_COMM_LEN - 1].split(b"\0")[0] \
+            .decode(errors="surrogateescape")
 
 
 # --- renderers ---------------------------------------------------------------------------

@@ -145,12 +145,6 @@ def add_pid_mm_files(d: GenDir, k: Kernel, task: Callable[[], Task]) -> None:
         if not legacy and privileged:
             t.oom_score_adj_min = value
 
-    def store_score_adj(text: str) -> None:
-        values = parse_ints(text, 1, -INT_MAX - 1, INT_MAX)
-        if values is None or not -1000 <= values[0] <= 1000:
-            raise KernelError(errno.EINVAL, "oom_score_adj is -1000..1000")
-        set_adj(values[0], legacy=False)
-
     def show_adj() -> str:
         adj = task().oom_score_adj
         return f"{OOM_ADJUST_MAX if adj == 1000 else int(adj * -OOM_DISABLE / 1000)}\n"
@@ -169,7 +163,6 @@ def add_pid_mm_files(d: GenDir, k: Kernel, task: Callable[[], Task]) -> None:
         set_adj(adj, legacy=True)
 
     d.file("oom_score", lambda: f"{k.oom.oom_score(task())}\n")
-    d.file("oom_score_adj", lambda: f"{task().oom_score_adj}\n", store_score_adj)
     d.file("oom_adj", show_adj, store_adj)
 
 
@@ -181,33 +174,79 @@ def build_proc_pressure(d: GenDir, k: Kernel) -> None:
 # --- sysctl parsing ---------------------------------------------------------------------------
 
 
-def parse_ints(text: str, count: int, lo: int, hi: int) -> list[int] | None:
-    """proc_dointvec_minmax / proc_doulongvec_minmax: up to `count` integers in [lo, hi]; None if only blanks."""
-    words = text.split()
-    if not words:
-        return None
-    if len(words) > count:
-        raise KernelError(errno.EINVAL, f"at most {count} values")
-    values = []
-    for word in words:
-        if lo >= 0 and word.startswith("-"):
-            raise KernelError(errno.EINVAL, f"not an unsigned number: {word!r}")
-        try:
-            value = int(word, 10)
-        except ValueError:
-            raise KernelError(errno.EINVAL, f"not a number: {word!r}") from None
-        if not lo <= value <= hi:
-            raise KernelError(errno.EINVAL, f"{value} is out of range [{lo}, {hi}]")
-        values.append(value)
+def parse_ints(text: str, count: int, lo: int, hi: int) -> list[int]:
+    """proc_dointvec_minmax / proc_doulongvec_minmax: 1 to `count` integers in [lo, hi], else EINVAL.
+
+    proc_get_long's rules, not Python's: blanks (isspace) between numbers, an optional '-', then
+    digits in base 0 ("0x10" is 16, "010" is 8), ending at a blank or the end; no '+', no '_', no
+    other digits than ASCII, at most 20 characters a number. What follows the last number the
+    file takes is ignored, as Linux ignores it (a write of "5\n6" sets 5).
+    """
+    values, error = parse_int_prefix(text, count, lo, hi)
+    if error is not None:
+        raise error
     return values
+
+
+def parse_int_prefix(text: str, count: int, lo: int, hi: int) -> tuple[list[int], KernelError | None]:
+    """The numbers parse_ints takes before the first bad one, and the error that one is (None if none).
+
+    A vector sysctl stores each value as it is parsed, so the ones before a bad one are kept.
+    """
+    data = text.encode(errors="surrogateescape")
+    values: list[int] = []
+    pos = 0
+    try:
+        while len(values) < count:
+            while pos < len(data) and data[pos] in _SPACES:
+                pos += 1
+            if pos == len(data):
+                break
+            value, pos = _proc_get_long(data, pos)
+            if not lo <= value <= hi:
+                raise KernelError(errno.EINVAL, f"{value} is out of range [{lo}, {hi}]")
+            values.append(value)
+        if not values:
+            raise KernelError(errno.EINVAL, "no number")
+    except KernelError as e:
+        return values, e
+    return values, None
+
+
+_SPACES = b" \t\n\v\f\r"
+_TMPBUFLEN = 22
+
+
+def _proc_get_long(data: bytes, pos: int) -> tuple[int, int]:
+    """proc_get_long: one number at `pos` (kernel/sysctl.c); the value and where it ends."""
+    word = data[pos : pos + _TMPBUFLEN - 1]
+    neg = word[:1] == b"-" and len(data) - pos > 1
+    body = word[1:] if neg else word
+    if not body[:1].isdigit():
+        raise KernelError(errno.EINVAL, "not a number")
+    if body[:2].lower() == b"0x" and body[2:3] and body[2:3] in b"0123456789abcdefABCDEF":
+        digits, base, skip = b"0123456789abcdefABCDEF", 16, 2
+    elif body[:1] == b"0":
+        digits, base, skip = b"01234567", 8, 0
+    else:
+        digits, base, skip = b"0123456789", 10, 0
+    n = skip
+    while n < len(body) and body[n] in digits:
+        n += 1
+    magnitude = int(body[skip:n], base)
+    used = n + (1 if neg else 0)
+    if magnitude > ULONG_MAX or used == _TMPBUFLEN - 1:
+        raise KernelError(errno.EINVAL, "number too long")
+    end = pos + used
+    if end < len(data) and data[end] not in b" \t\n":
+        raise KernelError(errno.EINVAL, "not a number")
+    return (-magnitude if neg else magnitude), end
 
 
 def _int_sysctl(d: GenDir, name: str, show: Callable[[], int], store: Callable[[int], None],
                 lo: int, hi: int) -> None:
     def write(text: str) -> None:
-        values = parse_ints(text, 1, lo, hi)
-        if values is not None:
-            store(values[0])
+        store(parse_ints(text, 1, lo, hi)[0])
 
     d.file(name, lambda: f"{show()}\n", write)
 
@@ -226,9 +265,9 @@ def build_proc_sys_vm(vm: GenDir, k: Kernel) -> None:
         a.setup_watermarks()
 
     def set_lowmem_reserve_ratio(text: str) -> None:
-        values = parse_ints(text, MAX_NR_ZONES, -INT_MAX - 1, INT_MAX)
-        if values is None:
-            return
+        # lowmem_reserve_ratio_sysctl_handler ignores what proc_dointvec_minmax returns: the values before
+        # a bad one are kept, and the write succeeds whatever it held (Linux 6.18 takes "garbage" silently).
+        values, _ = parse_int_prefix(text, MAX_NR_ZONES, -INT_MAX - 1, INT_MAX)
         for i, value in enumerate(values):
             a.lowmem_reserve_ratio[i] = value if value >= 1 else 0
         a.setup_watermarks()

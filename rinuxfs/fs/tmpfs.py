@@ -4,9 +4,12 @@ Contract:
 - A regular file's data is an AddressSpace of frames from the memory manager,
   charged to this superblock's size= limit (ENOSPC past it, as Linux tmpfs).
   size= is rounded up to whole pages, and size=0 means no limit, as in Linux.
+- nr_inodes= counts names as shmem does: each file, directory and symlink, and
+  each extra hard link (ENOSPC when none is left).
 - A symlink target of SHORT_SYMLINK_LEN bytes or more lives in a page of its
   own (st_blocks 8, charged like file data); shorter ones are inline.
-- Directories keep their children in insertion order; nlink of a directory is
+- Directories keep their children in insertion order, each name with a stable
+  readdir offset (fs/libfs.py, as shmem's simple_offset); nlink of a directory is
   2 + its subdirectories; st_size counts BOGO_DIRENT_SIZE per entry as shmem does.
 - Every namespace change updates the times POSIX names: the parent's mtime and
   ctime, and the ctime of an inode whose link count or name changes.
@@ -17,9 +20,10 @@ from __future__ import annotations
 
 import errno
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from rinuxfs.errors import KernelError
+from rinuxfs.fs.libfs import OffsetMap
 from rinuxfs.fs.superblock import StatFs, SuperBlock
 from rinuxfs.fs.vfs import MAX_LFS_FILESIZE, AttrChange, Credentials, Inode, OpenFile, Vfs, now_ns
 from rinuxfs.hw.ram import PAGE_SIZE
@@ -212,6 +216,7 @@ class TmpfsDir(TmpfsInode):
     def __init__(self, sb: TmpfsSuperBlock, mode: int, uid: int, gid: int, parent: TmpfsDir | None) -> None:
         super().__init__(sb, mode, uid, gid, nlink=2)
         self.children: dict[bytes, TmpfsInode] = {}
+        self.offsets = OffsetMap()  # changes with `children`, name for name
         self._parent = parent
 
     @property
@@ -228,6 +233,13 @@ class TmpfsDir(TmpfsInode):
     def entries(self, cred: Credentials) -> Iterable[tuple[bytes, Inode]]:
         return list(self.children.items())
 
+    def iterate(self, start: int, cred: Credentials) -> Iterator[tuple[int, bytes, Inode]]:
+        children = self.children
+        return ((offset, name, children[name]) for offset, name in self.offsets.after(start))
+
+    def next_cookie(self) -> int:
+        return self.offsets.next
+
     # --- creating ----------------------------------------------------------------------
 
     def _owner(self, mode: int, cred: Credentials) -> tuple[int, int, int]:
@@ -243,6 +255,7 @@ class TmpfsDir(TmpfsInode):
         if name in self.children:
             raise KernelError(errno.EEXIST)
         self.children[name] = child
+        self.offsets.add(name)
         self.touch(m=True, c=True)
 
     def _check_free(self, name: bytes) -> None:
@@ -283,6 +296,9 @@ class TmpfsDir(TmpfsInode):
         if inode.nlink == 0:
             raise KernelError(errno.ENOENT, "the file has been removed")
         self._check_free(name)
+        # shmem_link: every name pins memory that cannot be reclaimed, so an extra link takes an
+        # inode slot of nr_inodes like a new file (ENOSPC when none is left), and unlink returns it.
+        self.sb.new_inode_slot()
         self._attach(name, inode)
         inode.nlink += 1
         inode.touch(c=True)
@@ -297,6 +313,7 @@ class TmpfsDir(TmpfsInode):
 
     def _detach(self, name: bytes) -> TmpfsInode:
         child = self.children.pop(name)
+        self.offsets.remove(name)
         self.touch(m=True, c=True)
         return child
 
@@ -347,8 +364,10 @@ class TmpfsDir(TmpfsInode):
             elif dst.is_dir():
                 raise KernelError(errno.EISDIR)
         del self.children[name]
+        self.offsets.remove(name)
         if dst is not None:
             del new_dir.children[new_name]
+            new_dir.offsets.remove(new_name)
             if isinstance(dst, TmpfsDir):
                 new_dir.nlink -= 1
                 dst.nlink = 0
@@ -357,6 +376,7 @@ class TmpfsDir(TmpfsInode):
             else:
                 _drop_link(dst)
         new_dir.children[new_name] = src
+        new_dir.offsets.add(new_name)  # a new offset, as simple_offset_rename gives
         if isinstance(src, TmpfsDir) and new_dir is not self:
             self.nlink -= 1
             new_dir.nlink += 1
@@ -388,6 +408,8 @@ class TmpfsDir(TmpfsInode):
 
 
 def _drop_link(inode: TmpfsInode) -> None:
+    if inode.nlink > 1:
+        inode.sb.used_inodes -= 1  # the slot of an extra link (shmem_unlink); the last one goes with the inode
     inode.nlink -= 1
     inode.touch(c=True)
     inode.maybe_evict()

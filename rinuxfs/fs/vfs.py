@@ -26,10 +26,11 @@ import errno
 import os
 import stat
 import time
-from bisect import bisect_right
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from itertools import takewhile
+from typing import TYPE_CHECKING, Protocol
 
 from rinuxfs.errors import KernelError
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from rinuxfs.fs.superblock import SuperBlock
 
 NAME_MAX = 255
+SNAPSHOT_BUDGET = 16 << 20  # bytes of rendered views all open files keep together
 MAX_LFS_FILESIZE = (1 << 63) - 1
 
 
@@ -155,6 +157,17 @@ class Inode:
     def entries(self, cred: Credentials) -> Iterable[tuple[bytes, Inode]]:
         raise KernelError(errno.ENOTDIR)
 
+    def iterate(self, start: int, cred: Credentials) -> Iterator[tuple[int, bytes, Inode]] | None:
+        """(cookie, name, inode) past cookie `start` for a directory with stable positions (cookies from 3 on).
+
+        None: the directory has none, and the VFS lists a snapshot of `entries()` per open directory.
+        """
+        return None
+
+    def next_cookie(self) -> int:
+        """The cookie the next name added will get (directories with stable positions)."""
+        return 0
+
     @property
     def parent(self) -> Inode:
         return self
@@ -210,13 +223,60 @@ class OpenFile:
         return None
 
 
+class Snapshot(Protocol):
+    def forget_snapshot(self) -> None: ...
+
+
+class SnapshotCache:
+    """What open files of generated filesystems keep between reads, within a byte budget.
+
+    A file renders its view at a read from offset 0 and serves later offsets from that copy
+    (kernfs.SnapshotFile); an open generated directory keeps its listing (DirHandle). A client
+    holding many of them open must not make the daemon hold a copy each without bound (10,000
+    open /proc/interrupts of a 64-CPU machine are 500 MB), so copies past the budget are
+    dropped, least recently read first; a file whose copy was dropped renders again at its next
+    read, as Linux's seq_file renders again at each read(2).
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._held: OrderedDict[Snapshot, int] = OrderedDict()  # least recently read first
+
+    def hold(self, holder: Snapshot, size: int) -> None:
+        self.release(holder)
+        self._held[holder] = size
+        self.used += size
+        while self.used > self.budget and len(self._held) > 1:
+            victim, victim_size = self._held.popitem(last=False)
+            self.used -= victim_size
+            victim.forget_snapshot()
+
+    def touch(self, holder: Snapshot) -> None:
+        if holder in self._held:
+            self._held.move_to_end(holder)
+
+    def release(self, holder: Snapshot) -> None:
+        self.used -= self._held.pop(holder, 0)
+
+
+DIR_ROW_BYTES = 100  # what a snapshot row (a name and an inode reference in a list) costs, roughly
+
+
 class DirHandle:
-    """An open directory: a snapshot of (cookie, name, inode), refreshed when read from the start."""
+    """An open directory; for one without stable positions, a snapshot of its entries taken when read from 0.
+
+    The snapshots count against the same budget as the views' (SnapshotCache): one dropped
+    past it is taken again at the next read, where the positions may have moved.
+    """
 
     def __init__(self, inode: Inode) -> None:
         self.inode = inode
-        self.cookies: list[int] = []
-        self.rows: list[tuple[bytes, Inode]] = []
+        self.rows: list[tuple[bytes, Inode]] | None = None
+        self.end = inode.next_cookie()  # names added after this do not show until a rewind
+
+    def forget_snapshot(self) -> None:
+        self.rows = None
 
 
 @dataclass(eq=False)
@@ -245,6 +305,10 @@ class Vfs:
         self.inodes: dict[int, Inode] = {}
         self.files: dict[int, OpenFile] = {}
         self.dirs: dict[int, DirHandle] = {}
+        self.snapshots = SnapshotCache(SNAPSHOT_BUDGET)
+        # Set by the FUSE adapter: tells the host to drop a name it may have cached (d_invalidate), such
+        # as the /proc entry of a process that exited, so the inodes behind it are forgotten.
+        self.entry_gone: Callable[[int, bytes], None] = lambda parent_ino, name: None
         self._next_fh = 1
         self.mounts: list[Mount] = []
         self._mount_on: dict[int, Mount] = {}  # covered inode number -> mount
@@ -459,18 +523,41 @@ class Vfs:
         self.dirs[fh] = DirHandle(inode)
         return fh
 
-    def readdir(self, fh: int, start: int, cred: Credentials) -> tuple[list[int], list[tuple[bytes, Inode]], int]:
-        """Rows from cookie `start` on: (cookies, rows, index of the first row to send)."""
+    def readdir(self, fh: int, start: int, cred: Credentials) -> Iterator[tuple[int, bytes, Inode]]:
+        """(cookie, name, inode) of the entries past cookie `start`: ".", "..", then the directory's own.
+
+        A directory with stable positions (tmpfs) is read where it stands, so an open directory
+        costs nothing however large it is; a generated one (proc, sys) is listed from a snapshot
+        taken when it is read from the start, which keeps a listing consistent while it runs.
+        """
         handle = self.dirs.get(fh)
         if handle is None:
             raise KernelError(errno.EBADF)
-        if start == 0 or not handle.rows:
-            inode = handle.inode
-            rows: list[tuple[bytes, Inode]] = [(b".", inode), (b"..", self._parent_of(inode))]
-            rows += [(name, self.cross(child)) for name, child in inode.entries(cred)]
-            handle.rows = rows
-            handle.cookies = list(range(1, len(rows) + 1))
-        return handle.cookies, handle.rows, bisect_right(handle.cookies, start)
+        inode = handle.inode
+        if start < 1:
+            yield 1, b".", inode
+        if start < 2:
+            yield 2, b"..", self._parent_of(inode)
+        if start == 0:
+            handle.end = inode.next_cookie()
+        rows = inode.iterate(max(start, 2), cred)
+        if rows is not None:
+            # Like shmem since 6.14 (offset_dir_open), a listing ends at the names that were there when it
+            # began: a reader that creates as it reads (or a busy writer beside it) cannot keep it going forever.
+            end = handle.end
+            rows = takewhile(lambda row: row[0] < end, rows)
+        else:
+            if start == 0 or handle.rows is None:
+                handle.rows = list(inode.entries(cred))
+                self.snapshots.hold(handle, len(handle.rows) * DIR_ROW_BYTES)
+            else:
+                self.snapshots.touch(handle)
+            snapshot = handle.rows
+            rows = ((3 + i, *snapshot[i]) for i in range(max(0, start - 2), len(snapshot)))
+        for cookie, name, child in rows:
+            yield cookie, name, self.cross(child)
 
     def releasedir(self, fh: int) -> None:
-        self.dirs.pop(fh, None)
+        handle = self.dirs.pop(fh, None)
+        if handle is not None:
+            self.snapshots.release(handle)

@@ -38,6 +38,8 @@ def kstrtoull(text: str, base: int = 0) -> int:
     digits, radix = _radix(body, base)
     if not digits or any(_DIGITS.find(c.lower()) not in range(radix) for c in digits):
         raise KernelError(errno.EINVAL, f"not a number: {text!r}")
+    if len(digits.lstrip("0")) > 64:  # more digits than any u64 has in any base: no need to convert them
+        raise KernelError(errno.ERANGE, f"{text[:32]!r}… does not fit in 64 bits")
     value = int(digits, radix)
     if value > U64_MAX:
         raise KernelError(errno.ERANGE, f"{text!r} does not fit in 64 bits")

@@ -371,3 +371,18 @@ class BlockDeviceMapping:
         """Drop every page (after writeback): the next read goes to the device."""
         self.writeback()
         self.drop_clean()
+
+    def invalidate_range(self, offset: int, size: int) -> None:
+        """What O_DIRECT does first (kiocb_invalidate_pages): write back and drop the cached pages of the range.
+
+        Only the range: a direct I/O beside buffered I/O elsewhere on the device leaves that cache alone.
+        """
+        first, last = offset >> PAGE_SHIFT, (offset + size - 1) >> PAGE_SHIFT
+        if last - first + 1 < len(self.pages):
+            cached = [i for i in range(first, last + 1) if i in self.pages]
+        else:
+            cached = sorted(i for i in self.pages if first <= i <= last)
+        dirty = [i for i in cached if i in self.dirty]
+        if dirty:
+            self.writeback(only=dirty)
+        self._drop([i for i in cached if i in self.pages])

@@ -55,6 +55,10 @@ class PageQuota(Protocol):
 
 class AddressSpace:
     anon = True  # swap-backed: its pages live on the anon LRU
+    # Slots, and the containers only a file with swapped or huge pages needs made on first use: a tmpfs
+    # of 100,000 empty files costs little more than its names.
+    __slots__ = ("mm", "quota", "account_items", "huge_policy", "huge", "pages", "nr_swapped", "shadows",
+                 "locks", "_pending", "_mapping_id", "__weakref__")
 
     def __init__(self, mm: MemoryManager, quota: PageQuota, account_items: tuple[str, ...],
                  huge: Callable[[], str] = lambda: "never") -> None:
@@ -62,13 +66,20 @@ class AddressSpace:
         self.quota = quota
         self.account_items = account_items
         self.huge_policy = huge  # the mount's huge= option: never | always | within_size | advise
-        self.huge: set[int] = set()  # first indexes of the 2 MiB folios the file holds
+        self.huge: set[int] | None = None  # first indexes of the 2 MiB folios the file holds
         self.pages: dict[int, int | SwapEntry] = {}
         self.nr_swapped = 0
-        self.shadows: dict[int, int] = {}  # index -> the LRU's shadow of a page that went to swap
+        self.shadows: dict[int, int] | None = None  # index -> the LRU's shadow of a page that went to swap
         self.locks = PageLocks()  # index ranges of the requests in progress
-        self._pending: dict[int, SwapEntry] = {}  # written to swap by pageout, awaiting drop
-        self.mapping_id = mm.register_mapping(self)
+        self._pending: dict[int, SwapEntry] | None = None  # written to swap by pageout, awaiting drop
+        self._mapping_id = 0
+
+    @property
+    def mapping_id(self) -> int:
+        """The id struct pages name this mapping by: registered when the first page comes."""
+        if not self._mapping_id:
+            self._mapping_id = self.mm.register_mapping(self)
+        return self._mapping_id
 
     @property
     def nrpages(self) -> int:
@@ -169,6 +180,8 @@ class AddressSpace:
             pfns = list(range(pfn, pfn + HPAGE_PMD_NR))
             for index, p in zip(indexes, pfns, strict=True):
                 self.pages[index] = p
+            if self.huge is None:
+                self.huge = set()
             self.huge.add(block)
             mm.account(self.account_items, pfns)
             mm.account_run(("nr_shmem_hugepages",), pfn, HPAGE_PMD_NR)
@@ -180,7 +193,8 @@ class AddressSpace:
 
     def _split(self, block: int) -> None:
         """split_folio: the 2 MiB folio becomes 512 small pages (for a swap-out, or a truncate inside it)."""
-        self.huge.discard(block)
+        if self.huge is not None:
+            self.huge.discard(block)
         pfn = self.pages[block]
         if isinstance(pfn, int):
             self.mm.account_run(("nr_shmem_hugepages",), pfn, HPAGE_PMD_NR, -1)
@@ -244,7 +258,8 @@ class AddressSpace:
         mm.memmap.set_owner(pfns, self.mapping_id, indexes)
         mm.charges.from_swap(list(entries), pfns)
         mm.swap.swap_free(entries)
-        mm.lru_add(pfns, anon=True, shadows=[self.shadows.pop(i, None) for i in indexes])
+        shadows = [self.shadows.pop(i, None) for i in indexes] if self.shadows else None
+        mm.lru_add(pfns, anon=True, shadows=shadows)
 
     # --- truncate and release ------------------------------------------------------------
 
@@ -253,8 +268,9 @@ class AddressSpace:
         gone = [i for i in self.pages if i >= keep]
         if gone:
             self._free(gone)
-        for i in [i for i in self.shadows if i >= keep]:
-            del self.shadows[i]
+        if self.shadows:
+            for i in [i for i in self.shadows if i >= keep]:
+                del self.shadows[i]
         if size & _PAGE_MASK:
             index = size >> PAGE_SHIFT
             if isinstance(self.pages.get(index), SwapEntry):
@@ -267,7 +283,7 @@ class AddressSpace:
 
     def release(self) -> None:
         self._free(list(self.pages))
-        self.shadows.clear()
+        self.shadows = None
 
     def _free(self, indexes: list[int]) -> None:
         if not indexes:
@@ -313,6 +329,8 @@ class AddressSpace:
                 self._split(block)  # shmem_writeout splits a large folio before it goes to swap
         entries = mm.swap.get_swap_pages(len(candidates))
         ok: set[int] = set()
+        if self._pending is None:
+            self._pending = {}
         for (index, pfn), entry in zip(candidates, entries, strict=False):
             self._pending[index] = entry
             plug.add(entry, pfn)
@@ -321,15 +339,17 @@ class AddressSpace:
 
     def writeout_failed(self, index: int) -> None:
         """The page's swap write failed: it stays, dirty; its slot is given back."""
-        entry = self._pending.pop(index)
+        entry = self._pending.pop(index)  # type: ignore[union-attr]
         self.mm.swap.swap_free([entry])
 
     def drop(self, pages: list[tuple[int, int, int]]) -> None:
         mm = self.mm
         pfns = [pfn for _, pfn, _ in pages]
         entries = []
+        if self.shadows is None:
+            self.shadows = {}
         for index, _pfn, shadow in pages:
-            entry = self._pending.pop(index)
+            entry = self._pending.pop(index)  # type: ignore[union-attr]
             self.pages[index] = entry
             self.shadows[index] = shadow
             entries.append(entry)

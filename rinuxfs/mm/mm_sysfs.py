@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from rinuxfs.drivers.base import DriverCore, Kobject, Show, Store, const, kobject_create
 from rinuxfs.errors import KernelError
+from rinuxfs.lib.kstrtox import kstrtoull
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.mm.hugetlb import HState, HugetlbPools
 
@@ -28,13 +29,8 @@ THP_SHMEM = ("always", "within_size", "advise", "never", "deny", "force")
 
 
 def kstrtoul(text: str) -> int:
-    value = text[:-1] if text.endswith("\n") else text
-    if not value.isdigit():
-        raise KernelError(errno.EINVAL, f"not a number: {value!r}")
-    number = int(value)
-    if number > ULONG_MAX:
-        raise KernelError(errno.ERANGE, "value out of range")
-    return number
+    """kstrtoul base 10: lib/kstrtox's rules (ASCII digits only; str.isdigit takes "²" and "١")."""
+    return kstrtoull(text, 10)
 
 
 def _choice(current: Callable[[], str], choices: tuple[str, ...]) -> Show:

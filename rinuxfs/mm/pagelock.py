@@ -12,16 +12,19 @@ from collections.abc import Iterator
 
 
 class PageLocks:
+    __slots__ = ("_held",)
+
     def __init__(self) -> None:
-        self._held: list[tuple[int, int]] = []
+        self._held: tuple[tuple[int, int], ...] = ()  # a tuple: a mapping nobody is working on costs nothing
 
     @contextlib.contextmanager
     def hold(self, first: int, last: int) -> Iterator[None]:
-        self._held.append((first, last))
+        outer = self._held
+        self._held = (*outer, (first, last))
         try:
             yield
         finally:
-            self._held.pop()
+            self._held = outer
 
     def locked(self, index: int) -> bool:
         if not self._held:

@@ -237,10 +237,8 @@ def test_hostname_is_writable(shared_mnt: Mounted) -> None:
         assert path.read_text() == "simulated-host\n"
         path.write_text("h" * 64)
         assert path.read_text() == "h" * 64 + "\n"
-        with pytest.raises(OSError) as e:
-            path.write_text("h" * 65)
-        assert e.value.errno == errno.EINVAL
-        assert path.read_text() == "h" * 64 + "\n"
+        path.write_text("i" * 65)  # proc_dostring cuts at 64 bytes, as Linux 6.18 does
+        assert path.read_text() == "i" * 64 + "\n"
     finally:
         path.write_text(original)
     assert path.read_text() == original

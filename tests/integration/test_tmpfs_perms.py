@@ -11,19 +11,14 @@ while still root and then drops to nobody: pytest's temporary directories are
 
 from __future__ import annotations
 
-import errno
 import os
-import pickle
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Mounted, module_mount
-
-NOBODY = 65534
-
+from tests.integration.users import NOBODY, as_nobody, outcome
 
 mnt = module_mount()
 
@@ -35,47 +30,6 @@ def d(mnt: Mounted, request: pytest.FixtureRequest) -> Path:
     path.mkdir()
     os.chmod(path, 0o1777)
     return path
-
-
-def as_nobody(cwd: Path, fn: Callable[[], dict[str, object]]) -> dict[str, object]:
-    """Run `fn` in a child as uid/gid 65534 with no supplementary groups, inside `cwd`."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_end)
-            os.chdir(cwd)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            os.umask(0o022)
-            result: object = fn()
-        except BaseException as e:  # noqa: BLE001 - hand every failure to the parent
-            result = RuntimeError(f"child failed: {e!r}")
-        try:
-            with os.fdopen(write_end, "wb") as pipe:
-                pipe.write(pickle.dumps(result))
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    result = pickle.loads(data)
-    if isinstance(result, BaseException):
-        raise result
-    assert isinstance(result, dict)
-    return result
-
-
-def outcome(fn: Callable[[], object]) -> str:
-    """'ok' or the errno name: what a check returns across the fork."""
-    try:
-        fn()
-    except OSError as e:
-        return errno.errorcode.get(e.errno or 0, str(e.errno))
-    return "ok"
 
 
 def root_file(path: Path, mode: int, data: bytes = b"root") -> None:
