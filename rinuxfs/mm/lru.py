@@ -10,7 +10,7 @@ Contract (the same whether the caller is reclaim in the daemon or the replay too
   `add` is the access that brought the page in: do not call `access` for that same access.
 - `access(key)` is a hit (folio_mark_accessed): a first access sets the referenced bit, a second
   one on the inactive list promotes the page to active (pgactivate). It returns whether the page
-  is on a list (the replay tool's hit test).
+  is on a list or isolated (the replay tool's hit test); an isolated page keeps the reference.
 - `remove(key)` takes out a page its owner freed (truncate, unlink): no shadow, no counters.
 - `isolate(anon, nr)` takes up to `nr` reclaim candidates from the tail of the inactive list
   (shrink_inactive_list); pages found referenced are activated instead, and every page looked
@@ -19,7 +19,8 @@ Contract (the same whether the caller is reclaim in the daemon or the replay too
   pgdeactivate).
 - The caller then tries to free each candidate. For each one it frees, it calls `evict(key, anon)`
   and keeps the shadow it returns where the page was (the page cache slot); for each it could
-  not free (dirty and unwritable, swap full, I/O error) it calls `putback(keys, anon, activate)`.
+  not free (dirty and unwritable, swap full, I/O error), or that was used meanwhile
+  (`referenced(key)` after a wait for writeback), it calls `putback(keys, anon, activate)`.
   After a batch it reports what reclaim cost with `note_cost(anon, nr_io, nr_rotated)`
   (lru_note_cost: pages written, and pages scanned but not reclaimed).
 - `rotate(key)`: writeback of a page reclaim wanted has finished: it goes to the inactive tail
@@ -183,7 +184,9 @@ class Lruvec:
 
     def referenced(self, key: int) -> bool:
         q = self._where.get(key)
-        return q is not None and bool(self._queues[q][key] & PG_REFERENCED)
+        if q is None:
+            return key in self._isolated and bool(self._isolated[key][1] & PG_REFERENCED)
+        return bool(self._queues[q][key] & PG_REFERENCED)
 
     def isolated(self) -> list[int]:
         return list(self._isolated)
@@ -248,7 +251,13 @@ class Lruvec:
     def access(self, key: int) -> bool:
         q = self._where.get(key)
         if q is None:
-            return False
+            isolated = self._isolated.get(key)
+            if isolated is None:
+                return False
+            # Reclaim holds the page (writeback in flight): the reference stays with it, and
+            # reclaim checks `referenced` before freeing it, as shrink_folio_list does.
+            self._isolated[key] = (isolated[0], isolated[1] | PG_REFERENCED)
+            return True
         if q == LRU_UNEVICTABLE:
             return True
         queue = self._queues[q]

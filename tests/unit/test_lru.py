@@ -198,6 +198,18 @@ def test_evict_returns_the_age_before_it_and_advances_it() -> None:
     assert lru.nonresident_age == age + 1 and lru.events["pgsteal_anon"] == 1
 
 
+def test_page_used_while_isolated_keeps_the_reference() -> None:
+    lru = Lruvec()
+    fill(lru, range(5))
+    (key,) = lru.isolate(False, 1)
+    assert not lru.referenced(key)
+    assert lru.access(key) and lru.referenced(key)  # used while its writeback was in flight
+    lru.putback([key], anon=False)  # so reclaim puts it back instead of freeing it
+    assert lru.lru_of(key) == LRU_INACTIVE_FILE and lru.referenced(key)
+    lru.access(key)  # its second use: promoted
+    assert lru.lru_of(key) == LRU_ACTIVE_FILE
+
+
 def test_rotate_puts_a_page_at_the_tail() -> None:
     lru = Lruvec()
     fill(lru, range(10))
