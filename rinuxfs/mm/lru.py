@@ -51,13 +51,14 @@ leaves after a short stay instead of crossing half of memory: quick demotion. Th
   treats referenced pages of executable mappings), so the inactive list receives the pages
   unused for a whole round.
 - The probation target adapts as ARC's p does, with the shadows for ghost lists: a refault of a
-  page that left probation, within the working set's size in probation evictions, grows it; one
-  of a page that left the working set, within the probation target, shrinks it; ARC's steps.
+  page that left probation, within the rest of memory in probation evictions, grows it; one of a
+  page that left the working set, within 1.5 targets in evictions of the rest, shrinks it; the
+  steps are ARC's (the ratio of the two sizes, at least one page).
 - A refault is activated when its distance is within the Linux workingset size plus twice the
-  type's pages less the probation target (S3-FIFO's ghost queue covers as much); a page that had
-  been in the working set and fell out is restored (workingset_restore) only within the
-  probation target, else it requalifies through probation: that keeps a loop larger than memory
-  from flushing everything through the active list.
+  type's pages less the probation target; a page that had been in the working set and fell out
+  is restored (workingset_restore) only within the probation target, else it requalifies through
+  probation: that keeps a loop larger than memory from flushing everything through the active
+  list. (These reaches were chosen by measuring the replay's traces: README "Eviction policy".)
 `quick_demotion=False` is Linux's classic two lists as they treat unmapped page-cache pages,
 kept to compare against (`python -m rinuxfs.mm.replay --policy classic`).
 
