@@ -170,6 +170,7 @@ class BlockDeviceMapping:
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         ra_last = min((end - 1 + readahead) >> PAGE_SHIFT, (self.size - 1) >> PAGE_SHIFT)
         with self.locks.hold(first, last):
+            hits = [pfn for pfn in map(self.pages.get, range(first, last + 1)) if pfn is not None]
             failed = not self._readahead(first, last, max(ra_last, last)) or (
                 bool(self.not_uptodate) and not self.not_uptodate.isdisjoint(range(first, last + 1)))
             if not failed:
@@ -182,7 +183,6 @@ class BlockDeviceMapping:
                 end = min(end, (last + 1) << PAGE_SHIFT)
             ram = self.mm.ram.view
             parts = []
-            touched: list[int] = []
             pos, i = offset, first
             pages = self.pages
             while i <= last:
@@ -193,10 +193,10 @@ class BlockDeviceMapping:
                 chunk = min(end, (run + 1) << PAGE_SHIFT) - pos
                 phys = (pfn << PAGE_SHIFT) + (pos - (i << PAGE_SHIFT))
                 parts.append(ram[phys : phys + chunk])
-                touched.extend(range(pfn, pfn + run - i + 1))
                 pos += chunk
                 i = run + 1
-            self.mm.lru_access(touched)
+            if hits:  # pages read in now had their access when added
+                self.mm.lru_access(hits)
             return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     def write(self, offset: int, data: bytes | memoryview) -> int:
@@ -207,6 +207,7 @@ class BlockDeviceMapping:
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         self._balance_dirty_pages(last - first + 1)
         with self.locks.hold(first, last):
+            hits = [pfn for pfn in map(self.pages.get, range(first, last + 1)) if pfn is not None]
             # Pages written only in part must hold the device's bytes around the write.
             partial = {first} if offset & _PAGE_MASK else set()
             if end & _PAGE_MASK and end != self.size:
@@ -229,11 +230,9 @@ class BlockDeviceMapping:
             ram = self.mm.ram.view
             pos, done = offset, 0
             newly_dirty: list[int] = []
-            touched: list[int] = []
             now = time.monotonic()
             for i in range(first, last + 1):
                 pfn = self.pages[i]
-                touched.append(pfn)
                 chunk = min(end, (i + 1) << PAGE_SHIFT) - pos
                 phys = (pfn << PAGE_SHIFT) + (pos - (i << PAGE_SHIFT))
                 ram[phys : phys + chunk] = src[done : done + chunk]
@@ -244,7 +243,8 @@ class BlockDeviceMapping:
                     newly_dirty.append(pfn)
             self.mm.account(("nr_dirty",), newly_dirty)
             self.mm.events["nr_dirtied"] += len(newly_dirty)
-            self.mm.lru_access(touched)
+            if hits:
+                self.mm.lru_access(hits)
         return done
 
     def _balance_dirty_pages(self, incoming: int) -> None:

@@ -151,7 +151,10 @@ class MemoryManager:
         self.mappings: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
         self._next_mapping_id = 0
         self.tunables = VmTunables()
-        self.lruvecs = [Lruvec(self._lru_counter(node.nid), node.managed) for node in self.allocator.nodes]
+        self.lruvecs = [Lruvec(self._lru_counter(node.nid), node.managed, node=node.nid,
+                               nr_swap_pages=lambda: self.swap.free_pages,
+                               lruvec_of_node=lambda nid: self.lruvecs[nid])
+                        for node in self.allocator.nodes]
         self.reclaimer = Reclaimer(self)
         self.swap = SwapAreas()
         self.charges = Charges(self.memmap)
@@ -364,7 +367,7 @@ class MemoryManager:
         """Pages of each LRU list that sit in `zone` (zoneinfo's nr_zone_*: counted when read)."""
         lruvec = self.lruvecs[zone.nid]
         lo, hi = zone.start_pfn, zone.end_pfn
-        return [sum(1 for key in lst if lo <= key < hi) for lst in lruvec.lists]
+        return [sum(1 for key in lruvec.keys(lru) if lo <= key < hi) for lru in range(len(LRU_NAMES))]
 
     # --- counters ----------------------------------------------------------------------
 

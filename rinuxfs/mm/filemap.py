@@ -101,18 +101,25 @@ class AddressSpace:
         end = offset + length
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         with self.locks.hold(first, last):
+            hits = self._resident(first, last)  # pages brought in now had their access when added
             self._make_present(first, last, offset, end, max(i_size, end))
             ram = self.mm.ram.view
             pos, done = offset, 0
-            touched: list[int] = []
             for index, pfn, count in self._runs(first, last):
                 chunk = min(end, (index + count) << PAGE_SHIFT) - pos
                 phys = (pfn << PAGE_SHIFT) + (pos - (index << PAGE_SHIFT))  # type: ignore[operator]
                 ram[phys : phys + chunk] = src[done : done + chunk]
-                touched.extend(range(pfn, pfn + count))  # type: ignore[arg-type]
                 pos += chunk
                 done += chunk
-            self.mm.lru_access(touched)
+            if hits:
+                self.mm.lru_access(hits)
+
+    def _resident(self, first: int, last: int) -> list[int]:
+        """The frames of pages first..last in memory now (what a request finds is a hit)."""
+        found = list(map(self.pages.get, range(first, last + 1)))
+        if not self.nr_swapped:
+            return [pfn for pfn in found if pfn is not None]  # type: ignore[misc]
+        return [pfn for pfn in found if isinstance(pfn, int)]
 
     def read(self, offset: int, size: int) -> bytes | memoryview:
         if size <= 0:
@@ -120,11 +127,11 @@ class AddressSpace:
         end = offset + size
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         with self.locks.hold(first, last):
+            hits = self._resident(first, last)
             if self.nr_swapped:
                 self._swapin([i for i in range(first, last + 1) if isinstance(self.pages.get(i), SwapEntry)])
             ram = self.mm.ram.view
             parts: list[bytes | memoryview] = []
-            touched: list[int] = []
             pos = offset
             for index, pfn, count in self._runs(first, last):
                 chunk = min(end, (index + count) << PAGE_SHIFT) - pos
@@ -133,9 +140,9 @@ class AddressSpace:
                 else:
                     phys = (pfn << PAGE_SHIFT) + (pos - (index << PAGE_SHIFT))
                     parts.append(ram[phys : phys + chunk])
-                    touched.extend(range(pfn, pfn + count))
                 pos += chunk
-            self.mm.lru_access(touched)
+            if hits:
+                self.mm.lru_access(hits)
         if len(parts) == 1:
             return parts[0]  # zero-copy: the FUSE reply copies it out before anything can change the page
         return b"".join(parts)

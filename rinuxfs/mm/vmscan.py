@@ -99,7 +99,7 @@ class Reclaimer:
             if not sizes:
                 break
             target = max(SWAP_CLUSTER_MAX, min(sizes >> priority, 4 * nr_to_reclaim))
-            anon_n, file_n = lruvec.scan_counts(target, mm.tunables.swappiness, may_swap)
+            anon_n, file_n = lruvec.scan_counts(target, mm.tunables.swappiness, may_swap, priority=priority)
             if priority == 0 and may_swap:  # out of options: both kinds equally
                 anon_n = file_n = target
             for anon, n in ((False, file_n), (True, anon_n)):
@@ -112,7 +112,9 @@ class Reclaimer:
                         break
             if planned >= nr_to_reclaim:
                 break
-        return self._finish_plug(nid, who, plug, pending)
+        freed = self._finish_plug(nid, who, plug, pending)
+        lruvec.snapshot_refaults()
+        return freed
 
     def _shrink_batch(self, nid: int, anon: bool, nr: int, who: str, plug: SwapPlug,
                       pending: list[tuple[bool, Reclaimable, list[tuple[int, int]]]]) -> tuple[int, int]:
@@ -155,7 +157,7 @@ class Reclaimer:
         if plug.writes:
             failed = set(swap_writepages(mm.swap, plug.writes, mm.log, mm.events))
             failed_pfns = {pfn for entry, pfn in plug.writes if entry in failed}
-            lruvec.anon_cost += len(plug.writes)
+            lruvec.note_cost(True, len(plug.writes), 0)
         freed = 0
         for anon, mapping, pages in pending:
             ok = [p for p in pages if p[1] not in failed_pfns]
