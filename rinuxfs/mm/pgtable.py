@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from rinuxfs.mm.memblock import Memblock
+from rinuxfs.mm.types import PAGE_OFFSET, PhysAddr, VirtAddr
 
-PAGE_OFFSET = 0xFFFF888000000000  # __PAGE_OFFSET_BASE_L4, without KASLR
 PTRS_PER_TABLE = 512
 PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT = 39, 30, 21
 _PRESENT, _RW, _ACCESSED, _DIRTY, _PSE, _GLOBAL = 1 << 0, 1 << 1, 1 << 5, 1 << 6, 1 << 7, 1 << 8
@@ -56,7 +56,7 @@ def split_mem_range(start: int, end: int) -> list[tuple[int, int, int]]:
 @dataclass
 class DirectMap:
     ram: PhysicalMemory
-    pgd: int  # physical address of the top table (CR3)
+    pgd: PhysAddr  # physical address of the top table (CR3)
     mapped_kb: dict[int, int] = field(default_factory=dict)  # leaf size -> kB mapped
     tables: int = 0
 
@@ -75,12 +75,12 @@ class DirectMap:
         for start, end, size in pieces:
             builder.map(pgd, start, end, size)
         builder.flush()
-        dm = cls(ram, pgd, {PAGE_SIZE: 0, _2M: 0, _1G: 0}, builder.used)
+        dm = cls(ram, PhysAddr(pgd), {PAGE_SIZE: 0, _2M: 0, _1G: 0}, builder.used)
         for start, end, size in pieces:
             dm.mapped_kb[size] += (end - start) >> 10
         return dm
 
-    def translate(self, vaddr: int) -> int | None:
+    def translate(self, vaddr: VirtAddr) -> PhysAddr | None:
         table = self.pgd
         for shift in (PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT, PAGE_SHIFT):
             index = (vaddr >> shift) & (PTRS_PER_TABLE - 1)
@@ -88,7 +88,7 @@ class DirectMap:
             if not entry & _PRESENT:
                 return None
             if shift == PAGE_SHIFT or entry & _PSE:
-                return (entry & PHYS_MASK & ~((1 << shift) - 1)) | (vaddr & ((1 << shift) - 1))
+                return PhysAddr((entry & PHYS_MASK & ~((1 << shift) - 1)) | (vaddr & ((1 << shift) - 1)))
             table = entry & PHYS_MASK
         return None
 

@@ -171,3 +171,20 @@ def test_panic_on_oom_stops_the_machine_and_umount_cleans_up(tmp_path: Path) -> 
             m.unmount()
         time.sleep(0)
     assert daemon_pid(m.path) is None
+
+
+def test_oom_kill_allocating_task_kills_the_allocator(tmp_path: Path) -> None:
+    with machine(tmp_path) as m:
+        (m.path / "proc" / "sys" / "vm" / "oom_kill_allocating_task").write_text("1\n")
+        holder = spawn(m.path / "tmp" / "held", 24, "hold")
+        assert holder.stdout.readline() and holder.stdout.readline().strip() == "done"  # type: ignore[union-attr]
+        filler = spawn(m.path / "tmp" / "fill", 200, "go")
+        try:
+            assert filler.wait(timeout=120) == -signal.SIGKILL, "the task whose allocation failed dies"
+            assert holder.poll() is None, "though the holder has more charged, it lives"
+            assert vmstat(m.path)["oom_kill"] == 1
+        finally:
+            for p in (holder, filler):
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -339,3 +340,74 @@ def test_tmpfs_huge_pages_come_and_split(own_image: Path, tmp_path: Path) -> Non
             for _ in range(300):
                 assert back.read(MIB) == payload
         assert f.read_bytes() == data[: 3 * MIB]
+
+
+def _fail_swap_bios(m: Mounted, on: bool) -> None:
+    """fail_make_request on the swap partition: every bio to it fails with EIO (should_fail_bio)."""
+    (m.path / "sys/block/nvme0n1/nvme0n1p1/make-it-fail").write_text("1\n" if on else "0\n")
+    dbg = m.path / "sys/kernel/debug/fail_make_request"
+    (dbg / "probability").write_text("100\n" if on else "0\n")
+    (dbg / "times").write_text("-1\n")
+
+
+def test_a_failed_swap_out_keeps_the_page(own_image: Path, tmp_path: Path) -> None:
+    """Write-error on swap-device: the page stays in memory, dirty; with nowhere to put more, ENOMEM."""
+    with mount(own_image, tmp_path / "mnt", "--mem", MEM, "--tmpfs-size", "512M", "--oom", "errno") as m:
+        _fail_swap_bios(m, True)
+        path = m.path / "tmp" / "stuck"
+        payload = os.urandom(MIB)
+        (tmp_path / "payload").write_bytes(payload)
+        writer = subprocess.run([sys.executable, "-c", f"""
+import sys
+data = open({str(tmp_path / 'payload')!r}, 'rb').read()
+n = 0
+try:
+    with open({str(path)!r}, 'wb') as f:
+        for _ in range(128):
+            f.write(data)
+            n += 1
+except OSError as e:
+    print(n, e.errno)
+"""], capture_output=True, text=True, timeout=120)
+        written, err = map(int, writer.stdout.split())
+        assert err == errno.ENOMEM and 16 <= written < 64, writer.stdout
+        kmsg = (m.path / "proc" / "kmsg").read_text()
+        assert re.search(r"<1>\[[ \d.]+\] Write-error on swap-device \(259:0:\d+\)", kmsg)
+        info = meminfo(m.path)
+        assert info["SwapFree"] == info["SwapTotal"], "the slots of failed writes were given back"
+        _fail_swap_bios(m, False)
+        with open(path, "rb") as f:  # nothing lost: every MiB the writer got in reads back
+            for _ in range(written):
+                assert f.read(MIB) == payload
+
+
+def test_a_failed_swap_in_fails_that_read_only(own_image: Path, tmp_path: Path) -> None:
+    with mount(own_image, tmp_path / "mnt", "--mem", MEM, "--tmpfs-size", "512M") as m:
+        path = m.path / "tmp" / "out"
+        blocks = [os.urandom(MIB) for _ in range(160)]
+        with open(path, "wb") as f:
+            for block in blocks:
+                f.write(block)
+        assert vmstat(m.path)["pswpout"] > 0
+        _fail_swap_bios(m, True)
+        with open(path, "rb", buffering=0) as f:
+            with pytest.raises(OSError) as e:
+                f.read(MIB)  # the file's start went to swap first
+            assert e.value.errno == errno.EIO
+        assert re.search(r"Read-error on swap-device \(259:0:\d+\)", (m.path / "proc" / "kmsg").read_text())
+        _fail_swap_bios(m, False)
+        with open(path, "rb") as f:
+            for block in blocks:
+                assert f.read(MIB) == block
+
+
+def test_top_shows_the_swap(swapped: tuple[Mounted, bytes, Path]) -> None:
+    m, _, _ = swapped
+    out = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                          f"mount --bind {m.path}/proc /proc && top -bn1"], capture_output=True, text=True,
+                         check=True).stdout
+    info = meminfo(m.path)
+    row = re.search(r"^MiB Swap:\s+([\d.]+) total,\s+([\d.]+) free,\s+([\d.]+) used", out, re.M)
+    assert row, out
+    assert float(row.group(1)) == round(info["SwapTotal"] / 1024, 1)
+    assert float(row.group(3)) == round((info["SwapTotal"] - info["SwapFree"]) / 1024, 1)

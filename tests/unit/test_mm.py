@@ -15,7 +15,7 @@ from rinuxfs.mm.buddy import BuddyAllocator
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.mm.filemap import AddressSpace
 from rinuxfs.mm.memmap import BadPageState
-from rinuxfs.mm.pgtable import PAGE_OFFSET
+from rinuxfs.mm.types import PhysAddr, va
 
 SHMEM = ("nr_shmem", "nr_file_pages", "nr_inactive_anon")
 
@@ -279,8 +279,8 @@ def test_direct_map_translates_through_real_page_tables() -> None:
     mm = MemoryManager(3 << 30, 1)
     dm = mm.direct_map
     for phys in (0, 0x9F123, 1 << 20, (2 << 20) + 5, (1 << 30) + 4097, (3 << 30) - 1):
-        assert dm.translate(PAGE_OFFSET + phys) == phys
-    assert dm.translate(PAGE_OFFSET + (3 << 30)) is None
+        assert dm.translate(va(PhysAddr(phys))) == phys
+    assert dm.translate(va(PhysAddr(3 << 30))) is None
     info = mm.meminfo()
     assert (info["DirectMap4k"], info["DirectMap2M"], info["DirectMap1G"]) == (2048, 1022 * 1024, 2 << 20)
     mm.close()
