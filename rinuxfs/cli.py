@@ -135,8 +135,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     mountpoint = _check_mountpoint(args.mountpoint)
     if not os.path.exists("/dev/fuse"):
         raise UsageError("/dev/fuse is missing: install fuse3 (scripts/setup does) and load the fuse module")
-    config = KernelConfig(image=args.image.resolve(), controller=args.controller, mem=args.mem, cpus=args.cpus,
-                          tmpfs_size=args.tmpfs_size, read_only=args.ro, force_gpt=args.force_gpt,
+    # realpath, not Path.resolve(): on a symlink loop the latter raises RuntimeError (Python 3.11); the image
+    # open then says "Too many levels of symbolic links" in one line.
+    config = KernelConfig(image=Path(os.path.realpath(args.image)), controller=args.controller, mem=args.mem,
+                          cpus=args.cpus, tmpfs_size=args.tmpfs_size, read_only=args.ro, force_gpt=args.force_gpt,
                           lba_size=args.lba_size)
     logging.basicConfig(level=args.log_level.upper(), format="rinuxfs: %(message)s")
     if args.foreground:

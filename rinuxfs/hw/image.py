@@ -28,14 +28,25 @@ class DiskImage:
             raise KernelError(e.errno or errno.EIO, f"{self.path}: {e.strerror}") from None
         if stat.S_ISDIR(st.st_mode):
             raise KernelError(errno.EISDIR, f"{self.path}: is a directory, not a disk image")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else \
+                "a character device"
+            raise KernelError(errno.EINVAL, f"{self.path}: is {kind}, not a disk image (a regular file or a block"
+                                            " device)")
         try:
-            self.fd = os.open(self.path, os.O_RDONLY if read_only else os.O_RDWR)
+            # O_NONBLOCK: should the path turn into a FIFO after the stat, opening it must not wait for a
+            # writer (it changes nothing for regular files and block devices).
+            self.fd = os.open(self.path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_NONBLOCK | os.O_CLOEXEC)
         except PermissionError:
             how = "readable" if read_only else "readable and writable (or use --ro)"
             raise KernelError(errno.EACCES, f"{self.path}: permission denied: the image must be {how}") from None
         except OSError as e:
             raise KernelError(e.errno or errno.EIO, f"{self.path}: {e.strerror}") from None
-        self.size = os.fstat(self.fd).st_size if stat.S_ISREG(st.st_mode) else _device_size(self.fd)
+        st = os.fstat(self.fd)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            os.close(self.fd)
+            raise KernelError(errno.EINVAL, f"{self.path}: changed into something that is not a disk image")
+        self.size = st.st_size if stat.S_ISREG(st.st_mode) else _device_size(self.fd)
 
     def pread(self, offset: int, size: int) -> bytes:
         return os.pread(self.fd, size, offset)

@@ -247,7 +247,7 @@ def chaos_cases(draw: st.DrawFn) -> AhciCase:
 
 
 FAULTS = ("none", "none", "none", "lba", "opcode", "prdt_short", "ctba_past_ram", "prd_past_ram", "read_only",
-          "dsm_zero", "tag_reuse")
+          "dsm_zero", "tag_reuse", "clb_past_ram", "fb_past_ram")
 OPS = ("read_ext", "write_ext", "read28", "write28", "ncq_read", "ncq_write", "dsm", "flush", "identify", "log",
        "setfeatures", "power")
 
@@ -352,7 +352,8 @@ def _one_fault(host: Host, fault: str, op: str, lba: int, nsect: int, slot: int,
     if fault in ("prdt_short", "prd_past_ram", "lba") and not moves or fault == "dsm_zero" and op != "dsm" \
             or fault == "tag_reuse" and not op.startswith("ncq") or fault == "read_only" and not host.case.read_only:
         fault = "none"
-    if writes and host.case.read_only and fault not in ("opcode", "ctba_past_ram", "lba"):
+    if writes and host.case.read_only and fault not in ("opcode", "ctba_past_ram", "lba", "clb_past_ram",
+                                                         "fb_past_ram"):
         fault = "read_only"
     if not writes and fault == "read_only":
         fault = "none"
@@ -407,6 +408,12 @@ def _one_fault(host: Host, fault: str, op: str, lba: int, nsect: int, slot: int,
         other = (slot + 1) % L.NR_SLOTS
         host.command(other, fis, prds, write=op in WRITES, ctba=CT_BASE + other * CT_STRIDE)
         issued |= 1 << other
+    if fault in ("clb_past_ram", "fb_past_ram"):  # the port's own structures out of reach (ahci_start_fis_rx)
+        host.stop_engine()
+        host.w(P + L.PxCMD, host.r(P + L.PxCMD) & ~L.PxCMD_FRE)
+        host.w(P + (L.PxCLB if fault == "clb_past_ram" else L.PxFB), host.ram.size & 0xFFFFFC00)
+        host.w(P + L.PxCMD, host.r(P + L.PxCMD) | L.PxCMD_FRE)
+        host.start_engine()
     host.irqs.clear()
     if ncq:
         host.w(P + L.PxSACT, 1 << slot)
@@ -421,9 +428,9 @@ def _one_fault(host: Host, fault: str, op: str, lba: int, nsect: int, slot: int,
         bit = {"OFS": L.PxIS_OFS, "HBFS": L.PxIS_HBFS, "HBDS": L.PxIS_HBDS}[expect]
         assert pxis & bit and not pxis & L.PxIS_TFES, f"{where}: the rules say {expect}"
         assert not host.hba.has_work, f"{where}: the port goes on after a fatal error"
-        if not ncq or fault == "ctba_past_ram":
+        if not ncq or fault in ("ctba_past_ram", "clb_past_ram"):
             assert ci & 1 << slot, f"{where}: the failed command's PxCI bit was cleared"
-        host.recover()
+        host.boot() if fault in ("clb_past_ram", "fb_past_ram") else host.recover()
         return "fatal"
     if expect != "ok":
         error = {"IDNF": ata.ATA_IDNF | ata.ATA_ABRT, "ABRT": ata.ATA_ABRT}[expect]
@@ -460,7 +467,8 @@ def _one_fault(host: Host, fault: str, op: str, lba: int, nsect: int, slot: int,
 def _expected(fault: str) -> str:
     """The outcome the model's rules (storage.md §1.5) give a command carrying `fault`."""
     return {"none": "ok", "lba": "IDNF", "opcode": "ABRT", "read_only": "ABRT", "dsm_zero": "ABRT",
-            "tag_reuse": "ABRT", "prdt_short": "OFS", "ctba_past_ram": "HBFS", "prd_past_ram": "HBDS"}[fault]
+            "tag_reuse": "ABRT", "prdt_short": "OFS", "ctba_past_ram": "HBFS", "prd_past_ram": "HBDS",
+            "clb_past_ram": "HBFS", "fb_past_ram": "HBFS"}[fault]
 
 
 def _read_log_10h(host: Host) -> bytes:

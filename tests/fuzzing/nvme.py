@@ -370,6 +370,8 @@ def chaos_cases(draw: st.DrawFn) -> NvmeCase:
 
 IO_FAULTS = ("none", "none", "none", "nsid", "opcode", "fused", "mdts", "lba", "prp1_offset", "prp1_past_ram",
              "prp2_offset", "list_offset", "list_past_ram", "entry_offset", "entry_past_ram", "read_only")
+FATAL_FAULTS = ("asq_misaligned", "acq_misaligned", "aqa_zero", "mps", "iosqes", "iocqes", "css", "ams", "asq_past_ram",
+                "acq_past_ram", "io_cq_past_ram", "io_sq_past_ram")
 ADMIN_FAULTS = ("cq_qid0", "cq_qid_big", "cq_qid_dup", "cq_size0", "cq_size_big", "cq_base", "cq_pc", "cq_vector",
                 "sq_cqid", "sq_qid0", "sq_size0", "sq_base", "del_cq_busy", "del_sq_none", "nq_late", "cns", "lid",
                 "identify_ok", "log_ok")
@@ -384,8 +386,10 @@ def fault_steps(draw: st.DrawFn) -> list[tuple]:
             op = draw(st.sampled_from(["read", "read", "write", "write", "write_zeroes", "flush", "dsm"]))
             steps.append(("io", fault, op, draw(st.integers(0, 1 << 16)), draw(st.integers(1, 24)),
                           draw(st.sampled_from([0, 0, 4, 512, 4092])), draw(st.booleans())))
-        else:
+        elif draw(st.integers(0, 3)):
             steps.append(("admin", draw(st.sampled_from(ADMIN_FAULTS))))
+        else:
+            steps.append(("fatal", draw(st.sampled_from(FATAL_FAULTS))))
     return steps
 
 
@@ -499,10 +503,48 @@ def _run_faults(host: Host, case: NvmeCase) -> str:
     seen = []
     for host.step, step in enumerate(case.steps):
         host._next_page = 64  # command buffers above the queues, reused by each command
-        status = _io_fault(host, *step[1:]) if step[0] == "io" else _admin_fault(host, step[1])
+        if step[0] == "fatal":
+            status = _fatal_fault(host, step[1])
+        else:
+            status = _io_fault(host, *step[1:]) if step[0] == "io" else _admin_fault(host, step[1])
         seen.append(status)
         host.check()
     return "ok" if all(s == Status.SUCCESS for s in seen) else "statuses"
+
+
+def _fatal_fault(host: Host, fault: str) -> int:
+    """A fault the rules make fatal to the controller (CSTS.CFS): a refused enable, or a queue the controller
+    cannot reach in RAM. Then the host resets and brings the controller up again, as nvme_reset_work does."""
+    ram, case = host.ram.size, host.case
+    cc = {"mps": CC_LINUX | 5 << 7, "iosqes": (CC_LINUX & ~(0xF << 16)) | 5 << 16,
+          "iocqes": (CC_LINUX & ~(0xF << 20)) | 3 << 20, "css": CC_LINUX | 1 << 4, "ams": CC_LINUX | 1 << 11}
+    if fault in ("asq_misaligned", "acq_misaligned", "aqa_zero", *cc):
+        host._next_page = 1
+        odd = host.alloc() + 512
+        up = host.enable((1, 1) if fault == "aqa_zero" else (32, 32), odd if fault == "asq_misaligned" else None,
+                         odd if fault == "acq_misaligned" else None, cc.get(fault, CC_LINUX))
+        assert not up, f"{fault}: the controller accepted the enable"
+    elif fault in ("asq_past_ram", "acq_past_ram"):
+        host._next_page = 1
+        far = ram + 16 * PAGE
+        assert host.enable((32, 32), far if fault == "asq_past_ram" else None,
+                           far if fault == "acq_past_ram" else None, CC_LINUX), f"{fault}: enable refused"
+        host.admin(AdminOpcode.IDENTIFY, prp1=host.alloc(), cdw=(1, 0, 0, 0, 0, 0))
+    else:
+        qid = next((q for q in range(1, MAX_PAIRS + 1) if q not in host.cqs and q not in host.sqs), None)
+        if qid is None:
+            return Status.SUCCESS
+        far = ram + 64 * PAGE
+        assert host.create_cq(qid, 4, base=far if fault == "io_cq_past_ram" else None) == Status.SUCCESS
+        assert host.create_sq(qid, 4, cqid=qid, base=far if fault == "io_sq_past_ram" else None) == Status.SUCCESS
+        host.cmd(qid, IoOpcode.FLUSH, nsid=1)
+    csts = host.r(Reg.CSTS)
+    assert csts & CSTS_CFS and not csts & CSTS_RDY, f"{fault}: CSTS {csts:#x}, the rules say CFS"
+    assert host.ctrl.fatal_reason, f"{fault}: CFS without a reason"
+    host._next_page = 1
+    assert host.enable((32, 32), None, None, CC_LINUX), f"{fault}: no clean enable after the reset"
+    host.setup_io(case.pairs, case.depth)
+    return Status.INTERNAL_ERROR  # not a CQE status: marks the step as an error for the statistics
 
 
 PRP_FAULTS = ("prp1_offset", "prp1_past_ram", "prp2_offset", "list_offset", "list_past_ram", "entry_offset",

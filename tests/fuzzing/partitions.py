@@ -117,10 +117,11 @@ class FuzzDisk:
     def _repr_pretty_(self, printer: object, cycle: bool) -> None:  # what hypothesis prints for a failing case
         printer.text(repr(self))  # type: ignore[attr-defined]
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # evaluable again (scripts/fuzz --replay), the zeros left out
         used = {n: d.rstrip(b"\0").hex() for n, d in sorted(self.sectors.items()) if d.strip(b"\0")}
+        sectors = ", ".join(f"{n}: bytes.fromhex({h!r}).ljust({SECTOR}, bytes(1))" for n, h in used.items())
         return (f"FuzzDisk(nr_lbas={self.nr_lbas}, lbs={self.lbs}, force_gpt={self.force_gpt}, name={self.name!r},"
-                f" bad_pages={set(self.bad_pages) or '{}'}, sectors={used})")
+                f" bad_pages=frozenset({sorted(self.bad_pages)}), sectors={{{sectors}}})")
 
 
 # --- strategies ------------------------------------------------------------------------------------
