@@ -36,7 +36,7 @@ class DiskImage:
         try:
             # O_NONBLOCK: should the path turn into a FIFO after the stat, opening it must not wait for a
             # writer (it changes nothing for regular files and block devices).
-            self.fd = os.open(self.path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_NONBLOCK | os.O_CLOEXEC)
+            self.fd = os.open(self.path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_NONBLOCK)
         except PermissionError:
             how = "readable" if read_only else "readable and writable (or use --ro)"
             raise KernelError(errno.EACCES, f"{self.path}: permission denied: the image must be {how}") from None

@@ -24,6 +24,7 @@ sectors), and plain garbage.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import struct
@@ -35,6 +36,7 @@ from hypothesis import strategies as st
 
 from fuzzing.linux_partitions import GPT_ENTRY, GPT_HEADER, LINUX_RAID_GUID, MBR_SLOT, U64, linux_scan
 from rinuxfs.block.partitions import ScanResult, probe
+from rinuxfs.mkdisk import format_sfdisk_json, format_sfdisk_list
 
 SECTOR = 512
 ZERO = bytes(SECTOR)
@@ -419,6 +421,11 @@ def check_table_invariants(disk: FuzzDisk, result: ScanResult) -> None:
     if result.table is None:
         assert result.reason
         return
+    # What `rinuxfs inspect` prints of the table: sfdisk -l's text and valid JSON.
+    listing = format_sfdisk_list(result.table, "disk.img", disk.capacity * SECTOR)
+    assert listing.startswith("Disk disk.img: ") and listing.endswith("\n")
+    doc = json.loads(format_sfdisk_json(result.table, "disk.img"))
+    assert len(doc["partitiontable"].get("partitions", [])) == len(result.table.partitions)
     numbers = [p.number for p in result.table.partitions]
     assert numbers == sorted(set(numbers)) and all(1 <= n <= 255 for n in numbers)
     for p in result.table.partitions:

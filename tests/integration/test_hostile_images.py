@@ -130,6 +130,7 @@ def lying_gpt(*, force_gpt: bool = False, **fields: int) -> FuzzDisk:
 
 HOSTILE = {
     "looping EBR chain": (looping_ebr_chain, "nvme", []),
+    "looping EBR chain on sd (minors past 15 from 259)": (looping_ebr_chain, "ahci", []),
     "reversed and out-of-disk GPT entries": (lying_gpt, "nvme", []),
     "alternate_lba of 2^64-1 with a good CRC": (lambda: lying_gpt(alternate_lba=U64), "ahci", []),
     "first_usable_lba past the disk with a good CRC": (lambda: lying_gpt(first_usable_lba=U64), "ahci", []),

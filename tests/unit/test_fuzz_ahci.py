@@ -52,3 +52,18 @@ def test_a_long_prdt_is_read_without_caching_a_struct_for_it(tmp_path: Path) -> 
         assert _prdt_struct.cache_info().misses == misses
     finally:
         host.close()
+
+
+def test_the_consistency_rules_see_a_broken_state(tmp_path: Path) -> None:
+    """The rules the fuzzer checks after every step are not vacuous: break the state, and they say so."""
+    host = Host(AhciCase("faults", 64 * 4096, 1 << 20), tmp_path)
+    try:
+        host.boot()
+        hba = host.hba
+        assert hba.consistency_errors() == []
+        hba.port.cmd &= ~L.PxCMD_CR  # ST without CR
+        hba._pending_mask = 1 << 5  # a fetched slot that was never issued
+        errors = hba.consistency_errors()
+        assert any("handshakes disagree" in e for e in errors) and any("issued slots" in e for e in errors)
+    finally:
+        host.close()

@@ -55,3 +55,18 @@ def test_get_log_page_walks_only_the_prps_of_the_bytes_it_moves(host: Host) -> N
 def test_get_log_page_past_the_log_is_still_invalid_field(host: Host) -> None:
     status, _ = host.admin(AdminOpcode.GET_LOG_PAGE, prp1=host.alloc(), cdw=(0x02 | 127 << 16, 0, 512, 0, 0, 0))
     assert status == Status.INVALID_FIELD
+
+
+def test_the_consistency_rules_see_a_broken_state(host: Host) -> None:
+    """The rules the fuzzer checks after every step are not vacuous: break the state, and they say so."""
+    host.setup_io(1, 8)
+    ctrl = host.ctrl
+    assert ctrl.consistency_errors() == []
+    sq = ctrl._sqs[1]
+    assert sq is not None
+    sq.head = sq.size  # a head past the end of its queue
+    ctrl._cqs[1].sqids.discard(1)  # type: ignore[union-attr]  # an SQ its CQ does not know
+    ctrl._regs[0x1C] |= 0b11 << 2  # CSTS.SHST = 11b, a reserved value
+    errors = ctrl.consistency_errors()
+    assert any("SQ 1 is out of shape" in e for e in errors) and any("not attached" in e for e in errors)
+    assert any("reserved bits or values" in e for e in errors)
