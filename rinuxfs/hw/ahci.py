@@ -711,11 +711,16 @@ class AhciHba:
         self._view[at : at + 4] = nbytes.to_bytes(4, "little")
 
     def _fatal(self, bit: int, slot: int) -> None:
-        """A fatal port error (§6.1.2): the port stops with CCS naming the slot until software clears ST."""
+        """A fatal port error (§6.1.2): the port stops with CCS naming the slot until software clears ST.
+
+        With the command engine already stopped (a signature FIS that cannot be posted once FRE is set)
+        there is nothing to stop: only the status bit says what happened.
+        """
         self._flush_sdb()  # the tags that finished before the fault are still reported
         p = self.port
-        p.cmd = (p.cmd & ~L.PxCMD_CCS_MASK) | (slot << L.PxCMD_CCS_SHIFT)
-        self._halted = True
+        if p.cmd & L.PxCMD_ST:
+            p.cmd = (p.cmd & ~L.PxCMD_CCS_MASK) | (slot << L.PxCMD_CCS_SHIFT)
+            self._halted = True
         self._port_irq(bit)
 
     # -----------------------------------------------------------------------------------------

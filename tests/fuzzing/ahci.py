@@ -30,14 +30,13 @@ libahci. Two kinds of case, as for NVMe:
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hypothesis import strategies as st
 
-from fuzzing.machine import PAGE, U64, Machine, addresses, run_case
+from fuzzing.machine import PAGE, U64, Machine, addresses, run_case, seeds
 from rinuxfs.hw import ahci_layouts as L
 from rinuxfs.hw import ata
 from rinuxfs.hw.ahci import ATA_COMMANDS, GLOBAL_REGISTERS, PORT_REGISTERS, AhciHba
@@ -59,6 +58,7 @@ class AhciCase:
     read_only: bool = False
     boot: bool = True  # the host brings the HBA up before the steps
     steps: list[tuple] = field(default_factory=list)
+    data_seed: int = 0  # every byte of data the case writes comes from it
 
 
 class Host(Machine):
@@ -66,7 +66,8 @@ class Host(Machine):
 
     def __init__(self, case: AhciCase, workdir: Path) -> None:
         super().__init__(workdir, "sda.img", ram_size=case.ram_size, image_size=case.image_size,
-                         read_only=case.read_only, random_bytes=16384)
+                         read_only=case.read_only, random_bytes=16384,
+                         data_seed=case.data_seed)
         self.case = case
         self.hba = self.device = AhciHba(self.ram, self.medium, raise_irq=self.irqs.append)
 
@@ -243,7 +244,8 @@ CONTROL_SRST = L.CONTROL_SRST
 def chaos_cases(draw: st.DrawFn) -> AhciCase:
     ram_size = draw(st.sampled_from([16 * PAGE, 64 * PAGE, 512 * PAGE]))
     return AhciCase("chaos", ram_size, draw(st.sampled_from([0, 511, 512, 513, 64 << 10, 1 << 20])),
-                    read_only=draw(st.booleans()), boot=draw(st.integers(0, 4)) > 0, steps=draw(chaos_steps(ram_size)))
+                    read_only=draw(st.booleans()), boot=draw(st.integers(0, 4)) > 0, steps=draw(chaos_steps(ram_size)),
+                    data_seed=draw(seeds))
 
 
 FAULTS = ("none", "none", "none", "lba", "opcode", "prdt_short", "ctba_past_ram", "prd_past_ram", "read_only",
@@ -261,7 +263,8 @@ def fault_steps(draw: st.DrawFn) -> list[tuple]:
 @st.composite
 def fault_cases(draw: st.DrawFn) -> AhciCase:
     return AhciCase("faults", 512 * PAGE, draw(st.sampled_from([16 << 20, (16 << 20) + 513, 1 << 20])),
-                    read_only=draw(st.integers(0, 5)) == 0, steps=[("io", *s) for s in draw(fault_steps())])
+                    read_only=draw(st.integers(0, 5)) == 0, steps=[("io", *s) for s in draw(fault_steps())],
+                    data_seed=draw(seeds))
 
 
 def cases() -> st.SearchStrategy[AhciCase]:
@@ -361,7 +364,7 @@ def _one_fault(host: Host, fault: str, op: str, lba: int, nsect: int, slot: int,
     if fault == "lba":
         lba = sectors - nsect + 1 + lba % 5
     nbytes = nsect * SECTOR
-    data = os.urandom(nbytes) if op in WRITES else b""
+    data = host.rng.randbytes(nbytes) if op in WRITES else b""
     prds = [(DATA + i * PAGE, min(PAGE, nbytes - i * PAGE), False) for i in range(-(-nbytes // PAGE))]
     count, features, device, command = nsect, 0, 0x40 | (0x80 if fua else 0), 0
     fis_lba = lba

@@ -161,12 +161,14 @@ def campaign(names: list[str], cases: int, *, base_seed: int, batch: int, out: P
             start = time.monotonic()
             k = 0
             while report.cases < share:
-                before = report.cases
+                before, known = report.cases, set(report.findings)
                 run_batch(target, min(batch, share - report.cases), base_seed + k, Path(tmp), report, case_timeout)
-                k += 1
                 report.seconds = time.monotonic() - start
                 progress(f"{name}: {report.cases}/{share} cases, {len(report.findings)} findings,"
                          f" {report.seconds:.0f} s")
+                for key in set(report.findings) - known:
+                    progress(f"  new in batch seed {base_seed + k}: {key}: {report.findings[key].message[:200]}")
+                k += 1
                 if report.cases == before:  # every case of the batch failed: nothing more to learn here
                     break
             reports.append(report)

@@ -9,6 +9,7 @@ interrupt vectors it has.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +35,9 @@ def addresses(draw: st.DrawFn, ram_size: int) -> int:
     ))
 
 
+seeds = st.integers(0, 2**32 - 1)
+
+
 class Device(Protocol):
     def mmio_read(self, offset: int, size: int) -> int: ...
     def mmio_write(self, offset: int, size: int, value: int) -> None: ...
@@ -42,13 +46,16 @@ class Device(Protocol):
 
 class Machine:
     def __init__(self, workdir: Path, name: str, *, ram_size: int, image_size: int, read_only: bool,
-                 random_bytes: int) -> None:
+                 random_bytes: int, data_seed: int) -> None:
+        # Every byte a case writes comes from its own seed: data read into RAM can become commands,
+        # so a case replays the same only if its data is the same too.
+        self.rng = random.Random(data_seed)
         self.path = workdir / name
         with open(self.path, "wb") as f:
             f.truncate(image_size)
             if image_size:  # something to read besides zeros, at both ends
-                os.pwrite(f.fileno(), os.urandom(min(image_size, random_bytes)), 0)
-                os.pwrite(f.fileno(), os.urandom(min(image_size, 4096)), max(0, image_size - 4096))
+                os.pwrite(f.fileno(), self.rng.randbytes(min(image_size, random_bytes)), 0)
+                os.pwrite(f.fileno(), self.rng.randbytes(min(image_size, 4096)), max(0, image_size - 4096))
         self.ram = PhysicalMemory(ram_size)
         self.medium = DiskImage(self.path, read_only=read_only)
         self.irqs: list[int] = []

@@ -27,7 +27,6 @@ host that keeps its own view of the queues. Two kinds of case:
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from fuzzing.machine import PAGE, U64, Machine, addresses, run_case
+from fuzzing.machine import PAGE, U64, Machine, addresses, run_case, seeds
 from rinuxfs.hw.nvme import (
     _DNR,
     CC_EN,
@@ -76,6 +75,7 @@ class NvmeCase:
     pairs: int = 1  # I/O queue pairs created in the prologue
     depth: int = 16
     steps: list[tuple] = field(default_factory=list)
+    data_seed: int = 0  # every byte of data the case writes comes from it
 
 
 # --- the host -----------------------------------------------------------------------------------------
@@ -102,7 +102,8 @@ class Host(Machine):
 
     def __init__(self, case: NvmeCase, workdir: Path) -> None:
         super().__init__(workdir, "nvme.img", ram_size=case.ram_size, image_size=case.image_size,
-                         read_only=case.read_only, random_bytes=8192)
+                         read_only=case.read_only, random_bytes=8192,
+                         data_seed=case.data_seed)
         self.case = case
         self.ctrl = self.device = NvmeController(self.ram, self.medium, raise_irq=self.irqs.append,
                                                  lba_size=case.lba_size, max_queue_pairs=MAX_PAIRS, mdts=case.mdts)
@@ -365,7 +366,8 @@ def chaos_cases(draw: st.DrawFn) -> NvmeCase:
     return NvmeCase("chaos", ram_size, image_size, lba_size=draw(st.sampled_from([512, 4096])),
                     read_only=draw(st.booleans()), mdts=draw(st.sampled_from([7, 7, 0, 1])), aqa=aqa, asq=asq, acq=acq,
                     cc=cc, pairs=draw(st.integers(0, MAX_PAIRS)), depth=draw(st.sampled_from([2, 3, 16, 64])),
-                    steps=draw(chaos_steps(ram_size)))
+                    steps=draw(chaos_steps(ram_size)),
+                    data_seed=draw(seeds))
 
 
 IO_FAULTS = ("none", "none", "none", "nsid", "opcode", "fused", "mdts", "lba", "prp1_offset", "prp1_past_ram",
@@ -398,7 +400,7 @@ def fault_cases(draw: st.DrawFn) -> NvmeCase:
     return NvmeCase("faults", 512 * PAGE, draw(st.sampled_from([64 << 20, (64 << 20) + 513, 1 << 20])),
                     lba_size=draw(st.sampled_from([512, 4096])), read_only=draw(st.integers(0, 5)) == 0,
                     mdts=draw(st.sampled_from([7, 1, 0])), pairs=draw(st.integers(1, MAX_PAIRS - 1)),
-                    depth=draw(st.sampled_from([4, 16])), steps=draw(fault_steps()))
+                    depth=draw(st.sampled_from([4, 16])), steps=draw(fault_steps()), data_seed=draw(seeds))
 
 
 def cases() -> st.SearchStrategy[NvmeCase]:
@@ -596,7 +598,7 @@ def _io_fault(host: Host, fault: str, op: str, slba: int, nlb: int, offset: int,
         offset &= ~3
         pages, prp1, prp2 = host.buffer(length, offset)
         if op == "write":
-            data = os.urandom(length)
+            data = host.rng.randbytes(length)
             host.scatter(pages, offset, data)
         if fault in PRP_FAULTS:
             broken = _prp_fault(host, fault, pages, prp1, prp2)

@@ -67,3 +67,25 @@ def test_the_consistency_rules_see_a_broken_state(tmp_path: Path) -> None:
         assert any("handshakes disagree" in e for e in errors) and any("issued slots" in e for e in errors)
     finally:
         host.close()
+
+
+def test_a_signature_fis_that_cannot_be_posted_sets_hbfs_without_halting_a_stopped_engine(tmp_path: Path) -> None:
+    """Found by a campaign: PxFB past the end of RAM, then FRE: posting the device's signature FIS fails.
+    The model marked the port halted although PxCMD.ST was clear (its own rules forbid that); now only
+    PxIS.HBFS says so, and the signature comes once the FIS area is somewhere real."""
+    case = AhciCase("chaos", 65536, 0, boot=False, steps=[("mmio", P + L.PxFB, 4, 65536), ("read", 0, 4),
+                                                          ("mmio", P + L.PxCMD, 4, L.PxCMD_FRE)])
+    check_ahci(case, tmp_path)  # the replayed finding: the rules hold after every step
+    host = Host(case, tmp_path)
+    try:
+        host.w(P + L.PxFB, 65536)
+        host.w(P + L.PxCMD, L.PxCMD_FRE)
+        host.check()
+        assert host.r(P + L.PxIS) & L.PxIS_HBFS and host.r(P + L.PxSIG) == L.SIG_NONE
+        host.w(P + L.PxCMD, 0)
+        host.w(P + L.PxFB, 0x400)
+        host.w(P + L.PxCMD, L.PxCMD_FRE)
+        assert host.r(P + L.PxSIG) == L.SIG_ATA
+        host.check()
+    finally:
+        host.close()
