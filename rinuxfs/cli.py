@@ -214,7 +214,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         # fusermount3 opens /dev/fuse as the user: its mode is what lets users mount FUSE at all.
         raise UsageError("/dev/fuse is not open to users (udev makes it 0666; here it is "
                          f"{stat.S_IMODE(os.stat('/dev/fuse').st_mode):04o}): only root can mount")
-    image = args.image.resolve()
+    # realpath, not Path.resolve(): on a symlink loop the latter raises RuntimeError (Python 3.11); the image
+    # open then says "Too many levels of symbolic links" in one line.
+    image = Path(os.path.realpath(args.image))
     config = KernelConfig(image=image, controller=args.controller, mem=args.mem, cpus=args.cpus,
                           tmpfs_size=args.tmpfs_size, read_only=args.ro, force_gpt=args.force_gpt,
                           lba_size=args.lba_size, numa=args.numa, mem_prealloc=args.mem_prealloc,

@@ -35,6 +35,8 @@ Rules (the h11 discipline)
   An illegal access (wrong size, unaligned, read-only, locked, unimplemented) is ignored, as a bus
   would, and noted in `rejected`; an illegal command is an ATA status (ERR + ABRT); a bad pointer
   is a PxIS error bit. Nothing here asserts on what the host did.
+* Whatever the host does, the state keeps the rules `consistency_errors()` lists (the fuzzer checks
+  them after every register access and service call).
 * Layouts are declared once in `ahci_layouts.py` / `ata.py`; the per-command path uses their
   `struct` twins (named after the construct layout) because construct is 100× slower.
 * Performance: one command is one `read_into`/`write_from` on the medium with memoryviews of the
@@ -410,6 +412,40 @@ class AhciHba:
         self._deliver_irq()
 
     # -----------------------------------------------------------------------------------------
+    # Invariants
+    def consistency_errors(self) -> list[str]:
+        """The rules the model's state keeps between calls, whatever the host wrote; [] when they all hold."""
+        errors: list[str] = []
+        p = self.port
+        if (self.cap, self.cap2, self.pi, self.vs, self.zero) != (CAP_VALUE, CAP2_VALUE, 1, L.AHCI_VERSION_1_3_1, 0):
+            errors.append("a read-only capability register changed")
+        if self.ghc & ~(L.GHC_AE | L.GHC_IE) or not self.ghc & L.GHC_AE or self.is_ not in (0, 1):
+            errors.append(f"GHC {self.ghc:#x} / IS {self.is_:#x} hold bits they cannot")
+        values = (p.clb, p.clbu, p.fb, p.fbu, p.is_raw, p.ie, p.cmd, p.tfd, p.sctl, p.serr, p.sact, p.ci, p.sntf)
+        if any(not 0 <= v <= _U32 for v in values) or p.clb & 0x3FF or p.fb & 0xFF:
+            errors.append("a port register is not a 32-bit value, or a base is misaligned")
+        if p.is_raw & ~(L.PxIS_IMPLEMENTED & ~L.PxIS_MIRRORS) or p.ie & ~L.PxIS_IMPLEMENTED \
+                or p.serr & ~L.SERR_IMPLEMENTED or p.sctl > 0xFFF or p.sntf > 0xFFFF or p.tfd > 0xFFFF:
+            errors.append("PxIS/PxIE/PxSERR/PxSCTL/PxSNTF/PxTFD hold unimplemented bits")
+        if p.sig not in (L.SIG_ATA, L.SIG_NONE):
+            errors.append(f"PxSIG {p.sig:#x}")
+        cmd = p.cmd
+        if bool(cmd & L.PxCMD_ST) != bool(cmd & L.PxCMD_CR) or bool(cmd & L.PxCMD_FRE) != bool(cmd & L.PxCMD_FR) \
+                or cmd & L.PxCMD_ST and not cmd & L.PxCMD_FR or cmd & L.PxCMD_ICC_MASK:
+            errors.append(f"PxCMD {cmd:#x}: the ST/CR and FRE/FR handshakes disagree")
+        if p.pxis & p.ie and not self.is_:
+            errors.append("an enabled port interrupt is pending but IS.IPS is clear")
+        if self._pending_mask != sum(1 << slot for slot in self._pending) or self._pending_mask & ~p.ci:
+            errors.append("fetched commands are not the issued slots they came from")
+        if (self._pending or self._queue or self._halted) and not cmd & L.PxCMD_ST:
+            errors.append("commands queued or the port halted while PxCMD.ST is clear")
+        if any(not 0 <= tag < L.NR_SLOTS or not 1 <= q.nsect <= 0x10000 for tag, q in self._queue.items()):
+            errors.append("the NCQ queue holds a bad tag or count")
+        if self._sdb_done or self._irq_due or not 0 <= self._next_slot < L.NR_SLOTS:
+            errors.append("work of a finished call is left over (SDB bits, an interrupt, the slot pointer)")
+        return errors
+
+    # -----------------------------------------------------------------------------------------
     # MMIO
     def mmio_read(self, offset: int, size: int) -> int:
         if size not in (1, 2, 4) or offset % size:
@@ -760,11 +796,16 @@ class AhciHba:
         self._view[at : at + 4] = nbytes.to_bytes(4, "little")
 
     def _fatal(self, bit: int, slot: int) -> None:
-        """A fatal port error (§6.1.2): the port stops with CCS naming the slot until software clears ST."""
+        """A fatal port error (§6.1.2): the port stops with CCS naming the slot until software clears ST.
+
+        With the command engine already stopped (a signature FIS that cannot be posted once FRE is set)
+        there is nothing to stop: only the status bit says what happened.
+        """
         self._flush_sdb()  # the tags that finished before the fault are still reported
         p = self.port
-        p.cmd = (p.cmd & ~L.PxCMD_CCS_MASK) | (slot << L.PxCMD_CCS_SHIFT)
-        self._halted = True
+        if p.cmd & L.PxCMD_ST:
+            p.cmd = (p.cmd & ~L.PxCMD_CCS_MASK) | (slot << L.PxCMD_CCS_SHIFT)
+            self._halted = True
         self._port_irq(bit)
 
     # -----------------------------------------------------------------------------------------
@@ -781,7 +822,7 @@ class AhciHba:
         """
         table = ctba + L.CT_PRDT_OFFSET
         self._check_struct(table, prdtl * L.PRD_SIZE)
-        fields = _prdt_struct(prdtl).unpack_from(self._view, table)  # PrdEntry × prdtl: dba, dw3, dba, dw3 …
+        fields = _prdt_fields(self._view, table, prdtl)  # PrdEntry × prdtl: dba, dw3, dba, dw3 …
         dw3s = fields[1::2]
         lengths = [(dw3 & L.PRD_DBC_MASK) + 1 for dw3 in dw3s]  # DBC is 0's based
         reach = list(accumulate(lengths))
@@ -993,10 +1034,23 @@ class AhciHba:
             self._raise_irq(0)
 
 
+PRDT_STRUCT_MAX = 256  # PRDs a cached struct covers; Linux's tables are shorter (LIBATA_MAX_PRD is 128)
+
+
 @lru_cache(maxsize=64)
 def _prdt_struct(entries: int) -> struct.Struct:
     """`entries` PrdEntry records back to back: PRD_ENTRY's format repeated."""
     return struct.Struct("<" + L.PRD_ENTRY.format.lstrip("<") * entries)
+
+
+def _prdt_fields(view: memoryview, table: int, entries: int) -> tuple[int, ...]:
+    """dba, dw3, dba, dw3 … of a PRDT. One unpack for the tables drivers build; PRDTL allows 65535 entries,
+    and a cached struct of that many (4 MiB each) would let a guest pin memory, so long tables go by
+    iter_unpack instead."""
+    if entries <= PRDT_STRUCT_MAX:
+        return _prdt_struct(entries).unpack_from(view, table)
+    raw = view[table : table + entries * L.PRD_SIZE]
+    return tuple(value for entry in L.PRD_ENTRY.iter_unpack(raw) for value in entry)
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

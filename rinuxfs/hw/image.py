@@ -44,19 +44,29 @@ class DiskImage:
             raise KernelError(e.errno or errno.EIO, f"{self.path}: {e.strerror}") from None
         if stat.S_ISDIR(st.st_mode):
             raise KernelError(errno.EISDIR, f"{self.path}: is a directory, not a disk image")
-        self.regular = stat.S_ISREG(st.st_mode)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else \
+                "a character device"
+            raise KernelError(errno.EINVAL, f"{self.path}: is {kind}, not a disk image (a regular file or a block"
+                                            " device)")
         self.fd = self._open()
         try:
+            st = os.fstat(self.fd)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+                raise KernelError(errno.EINVAL, f"{self.path}: changed into something that is not a disk image")
+            self.regular = stat.S_ISREG(st.st_mode)
             self.locked = lock_image(self.fd, self.path, write=not self.read_only)
         except BaseException:
             os.close(self.fd)
             self.fd = -1
             raise
-        self.size = os.fstat(self.fd).st_size if self.regular else _device_size(self.fd)
+        self.size = st.st_size if self.regular else _device_size(self.fd)
 
     def _open(self) -> int:
+        # O_NONBLOCK: should the path turn into a FIFO after the stat, opening it must not wait for a
+        # writer (it changes nothing for regular files and block devices).
         try:
-            return os.open(self.path, os.O_RDONLY if self.read_only else os.O_RDWR)
+            return os.open(self.path, (os.O_RDONLY if self.read_only else os.O_RDWR) | os.O_NONBLOCK)
         except OSError as e:
             if self.read_only or e.errno not in _WRITE_PROTECTED:
                 how = "readable" if self.read_only else "readable and writable (or use --ro)"
@@ -66,7 +76,7 @@ class DiskImage:
                 raise KernelError(e.errno or errno.EIO, f"{self.path}: {e.strerror}") from None
             reason = e.strerror or "not writable"
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except PermissionError:
             raise KernelError(errno.EACCES, f"{self.path}: permission denied: the image must be readable") from None
         except OSError as e:

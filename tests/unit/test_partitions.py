@@ -259,12 +259,16 @@ HEADER_FAULTS: dict[str, tuple[dict[str, int], str]] = {
     "first > last lba": ({"first_usable_lba": 131072}, "first_usable_lba incorrect: 131072 > 131071"),
     "last > last lba": ({"last_usable_lba": 131072}, "last_usable_lba incorrect: 131072 > 131071"),
     "last < first": ({"first_usable_lba": 5000, "last_usable_lba": 4000}, "last_usable_lba incorrect: 4000 > 5000"),
-    "entry size": ({"sizeof_partition_entry": 256}, "Entry Size check failed"),
+    "entry size": ({"sizeof_partition_entry": 256}, "GUID Partition Entry Size check failed."),
     "no entries": ({"num_partition_entries": 0}, "no partition entries"),
     "huge array": ({"num_partition_entries": 32769}, "Table is too large: 4194432 > 4194304"),
     "entry crc": ({"partition_entry_array_crc32": 1}, "Entry Array CRC check failed"),
     "entries beyond the disk": ({"partition_entry_lba": 131060}, "cannot be read in full"),
+    "u64 values print as %lld": ({"first_usable_lba": 2**64 - 1}, "first_usable_lba incorrect: -1 > 131071"),
 }
+# efi.c fails these without a pr_debug line: alloc_read_gpt_entries returns NULL for an empty or
+# unreadable array. The reason still says why; the kernel log says nothing, as Linux's.
+SILENT_FAULTS = {"no entries", "entries beyond the disk"}
 
 
 @pytest.mark.parametrize("fault", HEADER_FAULTS)
@@ -278,7 +282,8 @@ def test_each_primary_header_check_rejects_the_table(fault: str) -> None:
         return
     assert result.table is None
     assert message in result.reason
-    assert any(message in text for level, text in result.messages if level == KERN_DEBUG)
+    logged = any(message in text for level, text in result.messages if level == KERN_DEBUG)
+    assert logged == (fault not in SILENT_FAULTS)
 
 
 def test_bad_signature_is_reported_with_both_values() -> None:

@@ -129,7 +129,22 @@ def encode_name(name: str) -> list[int]:
 
 
 class _Invalid(Exception):
-    """A header or entry array failed one of is_gpt_valid's checks."""
+    """A header or entry array failed one of is_gpt_valid's checks.
+
+    `logged` is False for the checks Linux fails without a word (a header or an
+    entry array that cannot be read, an empty array): the reason still reaches
+    `state.why`, but the kernel log gets only the pr_debug lines efi.c prints.
+    """
+
+    def __init__(self, text: str, *, logged: bool = True) -> None:
+        super().__init__(text)
+        self.logged = logged
+
+
+def lld(value: int) -> int:
+    """A u64 as efi.c prints it, through %lld: values of 2^63 and up come out negative."""
+    value &= U64
+    return value - (1 << 64) if value >> 63 else value
 
 
 @dataclass(frozen=True)
@@ -178,7 +193,8 @@ def is_pmbr_valid(mbr: bytes, total_sectors: int) -> tuple[int, str, str]:
     sz = entries[part].nr_sects
     note = ""
     if sz != ((total_sectors & 0xFFFFFFFF) - 1) & 0xFFFFFFFF and sz != 0xFFFFFFFF:
-        note = f"GPT: mbr size in lba ({sz}) different than whole disk ({min(total_sectors - 1, 0xFFFFFFFF)})."
+        # min_t(uint32_t, ...) casts before it compares: past 2 TiB the disk size shows truncated to 32 bits.
+        note = f"GPT: mbr size in lba ({sz}) different than whole disk ({(total_sectors - 1) & 0xFFFFFFFF})."
     return GPT_MBR_PROTECTIVE, "", note
 
 
@@ -186,13 +202,14 @@ def _check_gpt(state: ParsedPartitions, lba: int) -> ValidGpt:
     lbs = state.sector_size
     block = read_lba(state, lba, lbs)
     if len(block) < lbs:
-        raise _Invalid(f"GPT: no header can be read at LBA {lba} (the disk's last LBA is {last_lba(state)})")
+        raise _Invalid(f"GPT: no header can be read at LBA {lba} (the disk's last LBA is {last_lba(state)})",
+                       logged=False)
     try:
         gpt = GptHeader.parse(block)
     except ConstructError:
         found = int.from_bytes(block[:8], "little", signed=True)
         expected = int.from_bytes(GPT_HEADER_SIGNATURE, "little", signed=True)
-        raise _Invalid(f"GUID Partition Table Header signature is wrong: {found} != {expected}") from None
+        raise _Invalid(f"GUID Partition Table Header signature is wrong:{found} != {expected}") from None
     if gpt.header_size > lbs:
         raise _Invalid(f"GUID Partition Table Header size is too large: {gpt.header_size} > {lbs}")
     if gpt.header_size < GPT_HEADER_SIZE:
@@ -201,24 +218,25 @@ def _check_gpt(state: ParsedPartitions, lba: int) -> ValidGpt:
     if crc != gpt.header_crc32:
         raise _Invalid(f"GUID Partition Table Header CRC is wrong: {crc:x} != {gpt.header_crc32:x}")
     if gpt.my_lba != lba:
-        raise _Invalid(f"GPT my_lba incorrect: {gpt.my_lba} != {lba}")
+        raise _Invalid(f"GPT my_lba incorrect: {lld(gpt.my_lba)} != {lld(lba)}")
     lastlba = last_lba(state)
     if gpt.first_usable_lba > lastlba:
-        raise _Invalid(f"GPT: first_usable_lba incorrect: {gpt.first_usable_lba} > {lastlba}")
+        raise _Invalid(f"GPT: first_usable_lba incorrect: {lld(gpt.first_usable_lba)} > {lld(lastlba)}")
     if gpt.last_usable_lba > lastlba:
-        raise _Invalid(f"GPT: last_usable_lba incorrect: {gpt.last_usable_lba} > {lastlba}")
+        raise _Invalid(f"GPT: last_usable_lba incorrect: {lld(gpt.last_usable_lba)} > {lld(lastlba)}")
     if gpt.last_usable_lba < gpt.first_usable_lba:
-        raise _Invalid(f"GPT: last_usable_lba incorrect: {gpt.last_usable_lba} > {gpt.first_usable_lba}")
+        raise _Invalid(f"GPT: last_usable_lba incorrect: {lld(gpt.last_usable_lba)} > {lld(gpt.first_usable_lba)}")
     if gpt.sizeof_partition_entry != GPT_ENTRY_SIZE:
-        raise _Invalid(f"GUID Partition Entry Size check failed ({gpt.sizeof_partition_entry} != {GPT_ENTRY_SIZE}).")
+        raise _Invalid("GUID Partition Entry Size check failed.")
     pt_size = gpt.num_partition_entries * gpt.sizeof_partition_entry
     if pt_size > KMALLOC_MAX_SIZE:
         raise _Invalid(f"GUID Partition Table is too large: {pt_size} > {KMALLOC_MAX_SIZE} bytes")
     if not pt_size:
-        raise _Invalid("GPT: the header lists no partition entries")
+        raise _Invalid("GPT: the header lists no partition entries", logged=False)
     ptes = read_lba(state, gpt.partition_entry_lba, pt_size)
     if len(ptes) < pt_size:
-        raise _Invalid(f"GPT: the partition entry array at LBA {gpt.partition_entry_lba} cannot be read in full")
+        raise _Invalid(f"GPT: the partition entry array at LBA {gpt.partition_entry_lba} cannot be read in full",
+                       logged=False)
     if efi_crc32(ptes) != gpt.partition_entry_array_crc32:
         raise _Invalid("GUID Partition Entry Array CRC check failed.")
     return ValidGpt(lba, gpt, ptes)
@@ -228,7 +246,8 @@ def is_gpt_valid(state: ParsedPartitions, lba: int) -> tuple[ValidGpt | None, st
     try:
         return _check_gpt(state, lba), ""
     except _Invalid as e:
-        state.debug(str(e))
+        if e.logged:
+            state.debug(str(e))
         return None, str(e)
 
 
@@ -244,7 +263,7 @@ def compare_gpts(state: ParsedPartitions, pgpt: Container, agpt: Container, last
     for mine, theirs, text in checks:
         if mine != theirs:
             state.warn(text)
-            state.warn(f"GPT:{mine} != {theirs}")
+            state.warn(f"GPT:{lld(mine)} != {lld(theirs)}")
             errors += 1
     if pgpt.disk_guid != agpt.disk_guid:
         state.warn("GPT:disk_guids don't match.")
@@ -257,11 +276,11 @@ def compare_gpts(state: ParsedPartitions, pgpt: Container, agpt: Container, last
             errors += 1
     if pgpt.alternate_lba != lastlba:
         state.warn("GPT:Primary header thinks Alt. header is not at the end of the disk.")
-        state.warn(f"GPT:{pgpt.alternate_lba} != {lastlba}")
+        state.warn(f"GPT:{lld(pgpt.alternate_lba)} != {lld(lastlba)}")
         errors += 1
     if agpt.my_lba != lastlba:
         state.warn("GPT:Alternate GPT header not at the end of the disk.")
-        state.warn(f"GPT:{agpt.my_lba} != {lastlba}")
+        state.warn(f"GPT:{lld(agpt.my_lba)} != {lld(lastlba)}")
         errors += 1
     if errors:
         state.warn("GPT: Use GNU Parted to correct GPT errors.")
@@ -346,7 +365,7 @@ def efi_partition(state: ParsedPartitions) -> int:
                          uuid=str(pte.unique_partition_guid), volname=utf16_le_to_7bit(pte.partition_name),
                          raid=pte.partition_type_guid == LINUX_RAID, type_guid=pte.partition_type_guid,
                          name=decode_name(pte.partition_name), attributes=pte.attributes)
-        state.put_partition(i + 1, start * ssz, size * ssz, meta)
+        state.put_partition(i + 1, start * ssz, (size * ssz) & U64, meta)  # sector_t arithmetic
     return 1
 
 

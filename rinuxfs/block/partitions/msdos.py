@@ -12,15 +12,18 @@ them. Parsing follows `block/partitions/msdos.c` (Linux 6.1; storage.md §2.2):
   registered as 2 sectors and its EBR chain gives logicals 5, 6, ... in chain
   order, stopping after 100 links without a data partition or at slot 255.
 
-The BSD/Solaris/Minix/UnixWare sub-label pass is not implemented: a plain
-Linux disk never has one (a swap partition's 0x82 probe finds no VTOC).
+The second pass, for BSD/Solaris/Minix/UnixWare sub-labels, reads each such
+partition's label sector as Linux does (so a 0x82 swap partition past the end
+of the disk sets access_beyond_eod, as it does on Linux) but does not parse a
+label it finds: it says so in a debug line. A plain Linux disk never has one
+(a swap partition's 0x82 probe finds no VTOC).
 `msdos_partition` never raises: it returns 1 (mine), 0 (not mine, with the
 reason in `state.why["dos"]`) or -1 (sector 0 unreadable).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from construct import Array, BitsInteger, BitStruct, Bytes, Const, Int8ul, Int16ul, Int32ul, Struct
@@ -94,6 +97,36 @@ FatBootSectorHead = Struct(
 )
 
 AIX_LABEL_MAGIC = b"\xc9\xc2\xd4\xc1"  # EBCDIC "IBMA"
+MINIX_PARTITION = 0x81
+
+
+def _bsd_label(d: bytes) -> bool:
+    return d[:4] == b"\x57\x45\x56\x82"  # BSD_DISKMAGIC 0x82564557: d_magic
+
+
+def _solaris_vtoc(d: bytes) -> bool:
+    return d[12:16] == b"\xee\xde\x0d\x60"  # SOLARIS_X86_VTOC_SANE 0x600DDEEE: v_sanity, after v_bootinfo[3]
+
+
+def _unixware_label(d: bytes) -> bool:
+    return d[4:8] == b"\x0d\x60\x5e\xca"  # UNIXWARE_DISKMAGIC 0xCA5E600D: d_magic, after d_type
+
+
+def _minix_table(d: bytes) -> bool:
+    return d[510:512] == MBR_SIGNATURE and d[SLOTS_OFFSET + 4] == MINIX_PARTITION
+
+
+# msdos.c subtypes[]: the second pass's sub-labels, by type: (name, sector read relative to the
+# partition's start, the magic test of that sector).
+SUBLABELS: dict[int, tuple[str, int, Callable[[bytes], bool]]] = {
+    0xA5: ("bsd", 1, _bsd_label),  # FREEBSD_PARTITION
+    0xA9: ("netbsd", 1, _bsd_label),
+    0xA6: ("openbsd", 1, _bsd_label),
+    MINIX_PARTITION: ("minix", 0, _minix_table),
+    0x63: ("unixware", 29, _unixware_label),
+    0x82: ("solaris", 1, _solaris_vtoc),  # SOLARIS_X86_PARTITION, which is also Linux swap
+    0xBF: ("solaris", 1, _solaris_vtoc),  # NEW_SOLARIS_X86_PARTITION
+}
 DM6_PARTITION = 0x54
 EZD_PARTITION = 0x55
 MAX_EMPTY_LINKS = 100  # parse_extended: "++loopct > 100" ends a chain that yields nothing
@@ -176,6 +209,13 @@ def msdos_partition(state: ParsedPartitions) -> int:
             state.pp_buf += "[DM]"
         if p.sys_ind == EZD_PARTITION:
             state.pp_buf += "[EZD]"
+    for slot, p in enumerate(mbr.partitions, 1):  # second pass
+        sublabel = SUBLABELS.get(p.sys_ind) if p.nr_sects else None
+        if sublabel is not None:
+            name, where, found = sublabel
+            d = state.read_part_sector(p.start_sect * ssz + where)
+            if d is not None and found(d):
+                state.debug(f"{state.disk_name}: p{slot} holds a {name} label: sub-labels are not parsed")
     return 1
 
 
