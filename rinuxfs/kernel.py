@@ -515,10 +515,13 @@ class Kernel:
         return True
 
     def start(self, nursery: trio.Nursery) -> None:
-        """The kernel threads: a kswapd per node and the writeback flusher, in the daemon's nursery."""
+        """The kernel threads: a kswapd per node, the writeback flusher and free page reporting, in the
+        daemon's nursery."""
         for node in self.mm.allocator.nodes:
             nursery.start_soon(self.mm.reclaimer.kswapd, node.nid, name=f"kswapd{node.nid}")
         nursery.start_soon(flusher, self.mm, name="writeback")
+        if not self.mm.prealloc:
+            nursery.start_soon(self.mm.page_reporting.run, name="page_reporting")
 
     def _current_task(self) -> Task | None:
         return self.tasks.get(self.current.pid) if self.current.pid > 0 else None

@@ -163,6 +163,13 @@ class BuddyAllocator:
         del self.order_of[pfn]
         self.nr_free -= 1 << order
 
+    def pageblock_free(self, pfn: int) -> bool:
+        """Whether the pageblock starting at `pfn` lies, whole, in one free block (order >= PAGEBLOCK_ORDER)."""
+        if self.order_of.get(pfn) == PAGEBLOCK_ORDER:
+            return True
+        top = pfn & ~(_TOP - 1)  # a larger free block is a top-order one: on the extents
+        return any(extents.contains(top) for extents in self.top)
+
     def counts(self) -> list[list[int]]:
         """Free blocks per [migrate type][order] (pagetypeinfo); buddyinfo sums the types."""
         rows = []

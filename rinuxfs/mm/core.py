@@ -50,6 +50,7 @@ from rinuxfs.mm.page_alloc import (
     runs_to_pfns,
     to_runs,
 )
+from rinuxfs.mm.page_reporting import PageReporting
 from rinuxfs.mm.pgtable import DirectMap
 from rinuxfs.mm.swap_state import SwapCache
 from rinuxfs.mm.swapfile import SwapAreas
@@ -156,6 +157,8 @@ class MemoryManager:
                                lruvec_of_node=lambda nid: self.lruvecs[nid])
                         for node in self.allocator.nodes]
         self.reclaimer = Reclaimer(self)
+        self.page_reporting = PageReporting(lambda pfn: self.allocator.zone_of(pfn).buddy.pageblock_free(pfn),
+                                            self.ram.discard)
         self.swap = SwapAreas()
         self.charges = Charges(self.memmap)
         # What to do when reclaim cannot make room: set by the kernel (the OOM killer); None means ENOMEM.
@@ -293,8 +296,7 @@ class MemoryManager:
         self.memmap.freed(runs)
         big = self.allocator.free_runs(runs)
         if not self.prealloc:
-            for pfn, n in big:
-                self.ram.discard(pfn, n)
+            self.page_reporting.notify(big)
 
     def _alloc_huge_block(self, order: int, nid: int) -> int | None:
         pfn = self.alloc_block(order, nid, thisnode=True)
@@ -359,9 +361,7 @@ class MemoryManager:
 
     def lru_remove(self, pfns: list[int]) -> None:
         for nid, group in self._by_node(pfns):
-            lruvec = self.lruvecs[nid]
-            for pfn in group:
-                lruvec.remove(pfn)
+            self.lruvecs[nid].remove_many(group)
 
     def zone_lru_counts(self, zone: Zone) -> list[int]:
         """Pages of each LRU list that sit in `zone` (zoneinfo's nr_zone_*: counted when read)."""

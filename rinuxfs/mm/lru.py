@@ -307,6 +307,22 @@ class Lruvec:
         else:
             self._isolated.pop(key, None)
 
+    def remove_many(self, keys: list[int]) -> None:
+        """`remove` for a batch (a file truncated or deleted): the lists' counters move once per list."""
+        where, queues = self._where, self._queues
+        gone = [0] * len(queues)
+        for key in keys:
+            q = where.pop(key, None)
+            if q is None:
+                self._isolated.pop(key, None)
+                continue
+            del queues[q][key]
+            gone[q] += 1
+        if self.on_change is not None:
+            for q, n in enumerate(gone):
+                if n:
+                    self.on_change(_QUEUE_LRU[q], -n)
+
     # --- refaults (workingset.c) -----------------------------------------------------------
 
     def _refault(self, anon: bool, shadow: int) -> int | None:

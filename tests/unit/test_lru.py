@@ -295,6 +295,7 @@ OPS = st.lists(st.one_of(
     st.tuples(st.just("access"), KEYS),
     st.tuples(st.just("access"), KEYS),
     st.tuples(st.just("remove"), KEYS),
+    st.tuples(st.just("remove_many"), st.lists(KEYS, max_size=6, unique=True)),
     st.tuples(st.just("rotate"), KEYS),
     st.tuples(st.just("reclaim"), st.booleans(), st.integers(0, 6), st.integers(0, 63), st.booleans()),
 ), max_size=120)
@@ -321,6 +322,9 @@ def test_lists_stay_consistent(ops: list[tuple], quick: bool) -> None:
         elif op[0] == "remove":
             lru.remove(op[1])
             resident.discard(op[1])
+        elif op[0] == "remove_many":
+            lru.remove_many(op[1])
+            resident.difference_update(op[1])
         elif op[0] == "rotate":
             lru.rotate(op[1])
         elif op[0] == "reclaim":

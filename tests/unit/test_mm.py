@@ -365,3 +365,26 @@ def _shared_mm() -> MemoryManager:
     if not _MM:
         _MM.append(MemoryManager(32 << 20, 1))
     return _MM[0]
+
+
+def test_free_page_reporting_hands_back_only_what_stayed_free() -> None:
+    mm = MemoryManager(64 << 20, 1)
+    handed: list[tuple[int, int]] = []
+    reporting = mm.page_reporting
+    reporting._discard = lambda pfn, n: handed.append((pfn, n))  # what would go to madvise
+    reporting.running = True  # as the reporter task does: frees are held for the next report
+    a = mm.alloc_block(10)
+    b = mm.alloc_block(9)
+    assert a is not None and b is not None
+    mm.free_block(a, 10)
+    mm.free_block(b, 9)
+    assert handed == []
+    again = mm.alloc_block(10)  # the hottest block is handed out again before the report
+    assert again == a
+    reported = reporting.report()
+    assert handed and all(pfn >> 9 == b >> 9 for pfn, _ in handed) and reported == 512
+    handed.clear()
+    assert reporting.report() == 0 and handed == []  # each free is reported once
+    mm.free_block(again, 10)
+    reporting.report()
+    assert handed == [(again, 1024)]
