@@ -5,10 +5,13 @@ registered later is walked too. Every write must end as Linux would end it:
 - refused with one of Linux's errnos for a bad value; never EIO, which here means a bug in
   the daemon (the kernel log then has a "BUG" line, checked at the end), and never EACCES
   for root on a file whose mode lets root write;
-- or taken, and then only where `ACCEPTS` says the file takes that value (hostname takes any
+- or taken, and then only where `accepts` says the file takes that value (hostname takes any
   string): the test reads back what Linux would show, restores the value it read before,
   and checks that too. A file that takes a value no rule expects fails the test, and so does
   a file that refuses a value its rule says it takes: nothing is skipped silently.
+Files whose writes act (a controller reset, a rescan, an injected fatal status, a surprise
+removal) are written like the others; their rule says what each write does and how the walk
+undoes it (`recover`), so the files after them find the machine as it was.
 Afterwards the daemon still answers and every file of the views reads.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import mmap
 import os
 import stat
 from collections.abc import Callable
@@ -44,14 +48,61 @@ def dostring(value: bytes, maxlen: int = 64) -> bytes:
     return value.split(b"\n")[0].split(b"\0")[0][:maxlen]
 
 
+# Linux's lax parsers, written from lib/kstrtox.c and lib/vsprintf.c as the test's own oracle.
+def kstrtobool(value: bytes) -> bool | None:
+    """kstrtobool: the first byte decides (y/Y/t/T/1, n/N/f/F/0), or "on"/"of…"; None where it gives EINVAL."""
+    if value[:1] and value[:1] in b"yYtT1":
+        return True
+    if value[:1] and value[:1] in b"nNfF0":
+        return False
+    if value[:1] in (b"o", b"O") and value[1:2] and value[1:2] in b"nNfF":
+        return value[1:2] in b"nN"
+    return None
+
+
+def leading_number(value: bytes) -> int:
+    """simple_strtoul(value, &end, 10): the leading ASCII digits (nothing skipped), 0 if none, as an int keeps it."""
+    digits = value[: len(value) - len(value.lstrip(b"0123456789"))]
+    return (int(digits) if digits else 0) % (1 << 32)
+
+
+def sscanf_d(value: bytes) -> int | None:
+    """sscanf(value, "%d"): blanks skipped, an optional '-', ASCII digits; None if nothing converts."""
+    rest = value.lstrip(b" \t\n\v\f\r")
+    negative = rest[:1] == b"-"
+    rest = rest[1:] if negative else rest
+    if not rest[:1].isdigit():
+        return None
+    magnitude = leading_number(rest)
+    return -magnitude if negative else magnitude
+
+
+def flag(on: bool | int | None, before: bytes) -> bytes:
+    """A 0/1 file after a write that set it (truthy), cleared it (falsy) or left it (None)."""
+    return before if on is None else b"1\n" if on else b"0\n"
+
+
+def yes_no(on: bool | None, before: bytes) -> bytes:
+    """A debugfs bool after a write: Y, N, or as it was."""
+    return before if on is None else b"Y\n" if on else b"N\n"
+
+
 @dataclass(frozen=True)
 class Accepts:
-    """Files (a glob on the path in the mount) that take `takes` values, showing `expect(value, before)` after."""
+    """Files (a glob on the path in the mount) that take `takes` values, showing `expect(value, before)` after.
+
+    `restore(before)` is written back afterwards (None: the file holds nothing to restore, as a trigger).
+    A write-only file shows its effect in another: `shown_by`, a file of the same directory, is read
+    instead. `recover` is a control (a path in the mount) written with "1" after the restore, where
+    writing the old value back does not undo what the write did; a rule with `recover` says why.
+    """
 
     pattern: str
     takes: Callable[[bytes], bool]
     expect: Callable[[bytes, bytes], bytes]
-    restore: Callable[[bytes], bytes] = lambda before: before
+    restore: Callable[[bytes], bytes] | None = lambda before: before
+    shown_by: str | None = None
+    recover: str | None = None
 
 
 def accepts(own_pid: int) -> list[Accepts]:
@@ -71,6 +122,38 @@ def accepts(own_pid: int) -> list[Accepts]:
         # below 1 as 0; of these values only -1 parses.
         Accepts("proc/sys/vm/lowmem_reserve_ratio", lambda v: True,
                 lambda v, before: b"0\t" + before.split(b"\t", 1)[1] if v == b"-1" else before),
+        # Plain proc_dointvec, no bounds (mm/oom_kill.c's vm_oom_kill_table): -1 is an int like any other.
+        Accepts("proc/sys/vm/oom_kill_allocating_task", lambda v: v == b"-1", lambda v, _: b"-1\n"),
+        Accepts("proc/sys/vm/oom_dump_tasks", lambda v: v == b"-1", lambda v, _: b"-1\n"),
+        # oom_adj_write takes -17..15 and scales it: -1 is oom_score_adj -1000/17 = -58 (C division), which
+        # oom_adj_read scales back to -58*17/1000 = 0.
+        Accepts("proc/*/oom_adj", lambda v: v == b"-1", lambda v, _: b"0\n"),
+        # --- the fault-injection kernel (lib/fault-inject.c, fs/debugfs/file.c, block/, drivers/nvme/host/)
+        # times and space are atomic_t files (DEFINE_DEBUGFS_ATTRIBUTE_SIGNED, kstrtoll): -1 is "unlimited".
+        Accepts("sys/kernel/debug/*/times", lambda v: v == b"-1", lambda v, _: b"-1\n"),
+        Accepts("sys/kernel/debug/*/space", lambda v: v == b"-1", lambda v, _: b"-1\n"),
+        # debugfs_write_file_bool returns the count whatever it holds; kstrtobool's verdict, if any, is set.
+        # (probability stays 0 through the walk, so a task-filter or dont_retry set meanwhile fails nothing.)
+        *(Accepts(f"sys/kernel/debug/*/{name}", lambda v: True, lambda v, before: yes_no(kstrtobool(v), before))
+          for name in ("task-filter", "dont_retry", "ignore-gfp-wait", "ignore-gfp-highmem")),
+        # part_fail_store: sscanf("%d") sets (non-zero) or clears (0) the flag, leaves it if nothing converts,
+        # and returns the count either way. part_timeout_store: simple_strtoul base 10 into an int, no blanks
+        # or sign skipped, so what is not a number clears it. Both act only with a probability set.
+        Accepts("sys/devices/*/make-it-fail", lambda v: True, lambda v, before: flag(sscanf_d(v), before)),
+        Accepts("sys/devices/*/io-timeout-fail", lambda v: True, lambda v, before: flag(leading_number(v), before)),
+        # nvme_sysfs_reset and nvme_sysfs_rescan read nothing of what is written: every write resets the
+        # controller (nvme_reset_ctrl_sync) or scans its namespaces, and the controller is live afterwards.
+        Accepts("sys/devices/*/nvme/nvme0/reset_controller", lambda v: True, lambda v, before: before,
+                restore=None, shown_by="state"),
+        Accepts("sys/devices/*/nvme/nvme0/rescan_controller", lambda v: True, lambda v, before: before,
+                restore=None, shown_by="state"),
+        # rinuxfs's own controller faults (sys/kernel/debug/rinuxfs/<ctrl>/) take what kstrtobool takes. A
+        # fatal status (CSTS.CFS) clears only when the controller is reset, as the driver does when it next
+        # times out; a device back in its slot after a surprise removal is in its power-on state, which the
+        # driver, that saw nothing, learns at a reset too. So the walk resets it, as an admin would.
+        *(Accepts(f"sys/kernel/debug/rinuxfs/nvme0/{name}", lambda v: kstrtobool(v) is not None,
+                  lambda v, before: flag(kstrtobool(v), before), recover="sys/class/nvme/nvme0/reset_controller")
+          for name in ("controller_fatal_status", "surprise_removal")),
     ]
 
 
@@ -125,7 +208,9 @@ def test_every_writable_file_answers_bad_values_as_linux_and_the_daemon_stays_up
     writes = 0
     for path in files:
         rel = str(path.relative_to(mnt.path))
-        before = read(path)
+        shown_by = next((r.shown_by for r in rules if r.shown_by and fnmatch.fnmatchcase(rel, r.pattern)), None)
+        watched = path.parent / shown_by if shown_by else path
+        before = read(watched)
         for value in VALUES:
             writes += 1
             outcome = write(path, value)
@@ -144,15 +229,18 @@ def test_every_writable_file_answers_bad_values_as_linux_and_the_daemon_stays_up
             # A value is taken a page at most per write(2), as kernfs takes it.
             if outcome != min(len(value), 4096):
                 problems.append(f"{shown}: wrote {outcome} bytes")
-            assert before is not None
-            after = read(path)
+            assert before is not None, f"{rel} is write-only: its rule must say which file shows what it did"
+            after = read(watched)
             if after != rule.expect(value[:4096], before):
                 problems.append(f"{shown}: shows {after[:40]!r}, not {rule.expect(value[:4096], before)[:40]!r}")
-            write(path, rule.restore(before))
-            if read(path) != before:
+            if rule.restore is not None:
+                write(path, rule.restore(before))
+            if rule.recover is not None and write(mnt / rule.recover, b"1") != 1:
+                problems.append(f"{shown}: {rule.recover} did not take 1")
+            if read(watched) != before:
                 problems.append(f"{rel}: not restored to {before!r}")
         # An empty write(2) never reaches a file system: the file opened with O_TRUNC stays as it was.
-        if write(path, EMPTY) != 0 or read(path) != before:
+        if write(path, EMPTY) != 0 or read(watched) != before:
             problems.append(f"{rel}: changed by an empty write")
     assert not problems, "\n".join(problems)
     assert writes > 800
@@ -170,3 +258,14 @@ def test_every_writable_file_answers_bad_values_as_linux_and_the_daemon_stays_up
     assert readable > 400
     kmsg = (mnt / "proc/kmsg").read_text(errors="replace")
     assert "BUG" not in kmsg, [line for line in kmsg.splitlines() if "BUG" in line]
+    # Every write to reset_controller reset the controller (nvme_reset_work logs its queues each time), and
+    # after those, the injected fatal status and the surprise removal the disk still does I/O.
+    assert kmsg.count("nvme nvme0: 4/0/0 default/read/poll queues") > len(VALUES)
+    assert (mnt / "sys/class/nvme/nvme0/state").read_text() == "live\n"
+    fd = os.open(mnt / "dev/nvme0n1", os.O_RDONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, 4096)
+    try:
+        assert os.preadv(fd, [buf], 0) == 4096
+    finally:
+        buf.close()
+        os.close(fd)
