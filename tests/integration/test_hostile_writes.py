@@ -93,8 +93,8 @@ class Accepts:
 
     `restore(before)` is written back afterwards (None: the file holds nothing to restore, as a trigger).
     A write-only file shows its effect in another: `shown_by`, a file of the same directory, is read
-    instead. `recover` is a control (a path in the mount) written with "1" after the restore, where
-    writing the old value back does not undo what the write did; a rule with `recover` says why.
+    instead. `recover` is a control (a path in the mount) and the value written to it after the
+    restore, where writing the old value back does not undo what the write did; its rule says why.
     """
 
     pattern: str
@@ -102,7 +102,7 @@ class Accepts:
     expect: Callable[[bytes, bytes], bytes]
     restore: Callable[[bytes], bytes] | None = lambda before: before
     shown_by: str | None = None
-    recover: str | None = None
+    recover: tuple[str, bytes] | None = None
 
 
 def accepts(own_pid: int) -> list[Accepts]:
@@ -152,7 +152,8 @@ def accepts(own_pid: int) -> list[Accepts]:
         # times out; a device back in its slot after a surprise removal is in its power-on state, which the
         # driver, that saw nothing, learns at a reset too. So the walk resets it, as an admin would.
         *(Accepts(f"sys/kernel/debug/rinuxfs/nvme0/{name}", lambda v: kstrtobool(v) is not None,
-                  lambda v, before: flag(kstrtobool(v), before), recover="sys/class/nvme/nvme0/reset_controller")
+                  lambda v, before: flag(kstrtobool(v), before),
+                  recover=("sys/class/nvme/nvme0/reset_controller", b"1"))
           for name in ("controller_fatal_status", "surprise_removal")),
     ]
 
@@ -235,8 +236,8 @@ def test_every_writable_file_answers_bad_values_as_linux_and_the_daemon_stays_up
                 problems.append(f"{shown}: shows {after[:40]!r}, not {rule.expect(value[:4096], before)[:40]!r}")
             if rule.restore is not None:
                 write(path, rule.restore(before))
-            if rule.recover is not None and write(mnt / rule.recover, b"1") != 1:
-                problems.append(f"{shown}: {rule.recover} did not take 1")
+            if rule.recover is not None and write(mnt / rule.recover[0], rule.recover[1]) != len(rule.recover[1]):
+                problems.append(f"{shown}: {rule.recover[0]} did not take {rule.recover[1]!r}")
             if read(watched) != before:
                 problems.append(f"{rel}: not restored to {before!r}")
         # An empty write(2) never reaches a file system: the file opened with O_TRUNC stays as it was.
