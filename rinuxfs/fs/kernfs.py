@@ -20,8 +20,9 @@ Contract:
   its children are that tree's entries at the moment of each lookup or readdir, so what is
   registered later appears and what is removed disappears (ENOENT) without a rebuild. The tree
   tells the superblock of each name it removes (`entry_removed`), and the host is told to forget
-  that name at once: a device deleted and found again (a SCSI scan, a PCI rescan) is reached by
-  the same path at once, as in Linux, not after the host's entry_timeout.
+  that name (asynchronously: a notification sent while the host waits on us could deadlock), so a
+  device deleted and found again (a SCSI scan, a PCI rescan) is reached by the same path as soon
+  as the host has read it, not after its entry_timeout; meanwhile the old name gives ENOENT.
 - The tree keeps no copy of kernel state: every value comes from a callback.
 """
 
@@ -241,7 +242,12 @@ class GenDir(Inode):
 
 
 class LiveFile(GenFile):
-    """A file of a tree that can lose it: once `alive()` is false, open, read and write fail with `gone`."""
+    """A file of a tree that can lose it: once `alive()` is false, read and write fail with `gone`.
+
+    Opening it then is ENOENT: in Linux the path no longer leads anywhere (the dentry fails
+    revalidation). The host may still hold the name for a moment, until the invalidation sent
+    when the tree removed it arrives: it then gets what a fresh lookup gives, not `gone`.
+    """
 
     def __init__(self, sb: SuperBlock, show: Show, store: Store | None, mode: int, st_size: int,
                  alive: Callable[[], bool], gone: int) -> None:
@@ -264,7 +270,8 @@ class LiveFile(GenFile):
         self._store(text)
 
     def open(self, flags: int, cred: Credentials) -> OpenFile:
-        self._check()
+        if not self._alive():
+            raise KernelError(errno.ENOENT, "the file was removed")
         return super().open(flags, cred)
 
 
