@@ -10,8 +10,8 @@ Contract:
 - The fault-injection kernel's files (CONFIG_FAIL_MAKE_REQUEST, CONFIG_FAIL_IO_TIMEOUT):
   make-it-fail on disks and partitions (part_fail_store: sscanf "%d", a non-number changes
   nothing and the write still succeeds), io-timeout-fail on disks (part_timeout_store:
-  simple_strtoul, so a non-number clears it); and badblocks on a disk whose driver keeps a
-  bad-block list (disk_visible shows it only when disk->bb is set).
+  simple_strtoul base 10 into an int, so a non-number, " 1" or "-1" clears it); and badblocks on
+  a disk whose driver keeps a bad-block list (disk_visible shows it only when disk->bb is set).
 - Everything is rendered from the Gendisk and BlockDevice at each read; with the device core's
   own links (class/block/<name>, dev/block/MAJ:MIN, subsystem, device) that is the layout
   lsblk --sysroot walks:
@@ -23,7 +23,6 @@ Contract:
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 from rinuxfs.block.blk_sysfs import add_queue_dir
@@ -31,6 +30,7 @@ from rinuxfs.block.partitions import DISK_MAX_PARTS
 from rinuxfs.drivers.base.devclass import Class
 from rinuxfs.drivers.base.device import Device, device_register, device_unregister
 from rinuxfs.drivers.base.kobject import Kobject, const, kobject_create, sysfs_create_link, sysfs_remove_link
+from rinuxfs.lib.kstrtox import s32, simple_strtoull, sscanf_int
 
 if TYPE_CHECKING:
     from rinuxfs.block.genhd import BlockDevice, Gendisk
@@ -55,7 +55,7 @@ def register_disk(disk: Gendisk, parent: Kobject, block_class: Class, block_kobj
     kobject_create("slaves", dev)
     add_queue_dir(dev, disk.queue)
     dev.add_attr("io-timeout-fail", lambda: f"{int(disk.queue.fail_io)}\n",
-                 lambda text: setattr(disk.queue, "fail_io", bool(_simple_strtoul(text))))
+                 lambda text: _store_io_timeout_fail(disk, text))
     if disk.bb is not None:
         bb = disk.bb
         dev.add_attr("badblocks", bb.show, bb.store)
@@ -106,15 +106,15 @@ def _common_attrs(dev: Device, bdev: BlockDevice) -> None:
 
 def _store_make_it_fail(bdev: BlockDevice, text: str) -> None:
     """part_fail_store: sscanf("%d"); nothing parsed changes nothing, and the write succeeds anyway."""
-    m = re.match(r"\s*([+-]?\d+)", text)
-    if m is not None:
-        bdev.make_it_fail = int(m.group(1)) != 0
+    value = sscanf_int(text.encode(errors="surrogateescape"))
+    if value is not None:
+        bdev.make_it_fail = value != 0
 
 
-def _simple_strtoul(text: str) -> int:
-    """simple_strtoul(buf, &p, 10): the leading decimal digits after blanks, 0 if there are none."""
-    m = re.match(r"\s*\+?(\d*)", text)
-    return int(m.group(1)) if m is not None and m.group(1) else 0
+def _store_io_timeout_fail(disk: Gendisk, text: str) -> None:
+    """part_timeout_store: `int val = simple_strtoul(buf, &p, 10)`, so what sets it is what an int keeps."""
+    value, _ = simple_strtoull(text.encode(errors="surrogateescape"), 10)
+    disk.queue.fail_io = s32(value) != 0
 
 
 def _part_uevent(part: BlockDevice) -> list[str]:

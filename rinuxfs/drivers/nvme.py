@@ -94,8 +94,7 @@ from rinuxfs.hw.nvme import (
 )
 from rinuxfs.hw.nvme_layouts import CQE_SIZE, CQE_STRUCT, SQE_SIZE, SQE_STRUCT, IdentifyController, IdentifyNamespace
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
-from rinuxfs.lib.fault_inject import FaultAttr, FaultEnv, debugfs_bool
-from rinuxfs.lib.kstrtox import kstrtoull
+from rinuxfs.lib.fault_inject import FaultAttr, FaultEnv, debugfs_bool, debugfs_x16
 from rinuxfs.lib.ratelimit import DEFAULT_RATELIMIT_BURST, DEFAULT_RATELIMIT_SECONDS, RateLimit
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.printk import KernelLog
@@ -195,11 +194,8 @@ class NvmeFaultInject:
         """nvme_fault_inject_init: <root>/<name>/fault_inject/ with status (x16) and dont_retry."""
         self.parent = debugfs_create_dir(name, root)
         directory = fault_create_debugfs_attr("fault_inject", self.parent, self.attr)
-        debugfs_create_file("status", 0o600, directory, lambda: f"0x{self.status:04x}\n", self._store_status)
+        debugfs_create_file("status", 0o600, directory, *debugfs_x16(self, "status"))
         debugfs_create_file("dont_retry", 0o600, directory, *debugfs_bool(self, "dont_retry"))
-
-    def _store_status(self, text: str) -> None:
-        self.status = kstrtoull(text, 0) & 0xFFFF  # debugfs_create_x16
 
     def destroy(self) -> None:
         if self.parent is not None:

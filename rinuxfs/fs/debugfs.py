@@ -26,6 +26,7 @@ class DebugfsSuperBlock(KernfsSuperBlock):
     def __init__(self, vfs: Vfs, tree: DebugfsDir) -> None:
         super().__init__(vfs)
         self.root = DebugDir(self, None, tree, mode=0o700)
+        tree.removal_listeners.append(self.entry_removed)
 
 
 class DebugDir(MirrorDir):

@@ -18,7 +18,11 @@ Contract:
   key lives, so inode numbers stay stable.
 - A `MirrorDir` shows a tree the kernel owns elsewhere (the driver core's kobjects, debugfs):
   its children are that tree's entries at the moment of each lookup or readdir, so what is
-  registered later appears and what is removed disappears (ENOENT) without a rebuild.
+  registered later appears and what is removed disappears (ENOENT) without a rebuild. The tree
+  tells the superblock of each name it removes (`entry_removed`), and the host is told to forget
+  that name (asynchronously: a notification sent while the host waits on us could deadlock), so a
+  device deleted and found again (a SCSI scan, a PCI rescan) is reached by the same path as soon
+  as the host has read it, not after its entry_timeout; meanwhile the old name gives ENOENT.
 - The tree keeps no copy of kernel state: every value comes from a callback.
 """
 
@@ -27,12 +31,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from rinuxfs.errors import KernelError
 from rinuxfs.fs.superblock import SuperBlock
-from rinuxfs.fs.vfs import AttrChange, Credentials, Inode, OpenFile
+from rinuxfs.fs.vfs import AttrChange, Credentials, Inode, OpenFile, Vfs
 
 Show = Callable[[], str]
 Store = Callable[[str], None]
@@ -44,6 +49,18 @@ class KernfsSuperBlock(SuperBlock):
 
     entry_timeout = 1.0
     attr_timeout = 1.0
+
+    def __init__(self, vfs: Vfs) -> None:
+        super().__init__(vfs)
+        # The directories rendered so far, by id() of the node they show (a MirrorDir holds its node,
+        # so the id is not reused while the entry lives); weak, so the map costs what the host holds.
+        self.mirrors: weakref.WeakValueDictionary[int, MirrorDir] = weakref.WeakValueDictionary()
+
+    def entry_removed(self, directory: object, name: str) -> None:
+        """The kernel's tree took `name` out of `directory`: the host forgets it if it was handed out."""
+        mirror = self.mirrors.get(id(directory))
+        if mirror is not None and mirror.node is directory:
+            mirror.forget(name)
 
     @property  # type: ignore[override]
     def source(self) -> str:
@@ -225,7 +242,12 @@ class GenDir(Inode):
 
 
 class LiveFile(GenFile):
-    """A file of a tree that can lose it: once `alive()` is false, open, read and write fail with `gone`."""
+    """A file of a tree that can lose it: once `alive()` is false, read and write fail with `gone`.
+
+    Opening it then is ENOENT: in Linux the path no longer leads anywhere (the dentry fails
+    revalidation). The host may still hold the name for a moment, until the invalidation sent
+    when the tree removed it arrives: it then gets what a fresh lookup gives, not `gone`.
+    """
 
     def __init__(self, sb: SuperBlock, show: Show, store: Store | None, mode: int, st_size: int,
                  alive: Callable[[], bool], gone: int) -> None:
@@ -248,7 +270,8 @@ class LiveFile(GenFile):
         self._store(text)
 
     def open(self, flags: int, cred: Credentials) -> OpenFile:
-        self._check()
+        if not self._alive():
+            raise KernelError(errno.ENOENT, "the file was removed")
         return super().open(flags, cred)
 
 
@@ -274,10 +297,16 @@ class MirrorDir(GenDir):
 
     dir_type: type = object
 
-    def __init__(self, sb: SuperBlock, parent: GenDir | None, node: TreeNode, mode: int = 0o755) -> None:
+    def __init__(self, sb: KernfsSuperBlock, parent: GenDir | None, node: TreeNode, mode: int = 0o755) -> None:
         super().__init__(sb, parent, mode)
         self.node = node
         self._made: dict[str, tuple[object, Inode]] = {}
+        sb.mirrors[id(node)] = self
+
+    def forget(self, name: str) -> None:
+        """`name` left the node: drop its inode, and the host's entry (kernfs_dop_revalidate fails it)."""
+        if self._made.pop(name, None) is not None:
+            self.sb.vfs.entry_gone(self.ino, name.encode(errors="surrogateescape"))
 
     def children(self) -> Mapping[str, object]:
         return self.node.entries if self.node.is_live() else {}

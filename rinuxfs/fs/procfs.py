@@ -18,6 +18,7 @@ from rinuxfs.fs.procfs_mm import (
     add_pid_mm_files,
     build_proc_pressure,
     build_proc_sys_vm,
+    proc_numbuf_int,
     render_buddyinfo,
     render_pagetypeinfo,
     render_pid_statm,
@@ -26,7 +27,7 @@ from rinuxfs.fs.procfs_mm import (
 )
 from rinuxfs.fs.superblock import StatFs, SuperBlock
 from rinuxfs.fs.vfs import Credentials, Inode, Vfs
-from rinuxfs.lib.kstrtox import kstrtoint, kstrtouint
+from rinuxfs.lib.kstrtox import kstrtouint
 from rinuxfs.mm.vmstat import vmstat
 from rinuxfs.sched import Task
 
@@ -150,10 +151,10 @@ def _store_fail_nth(k: Kernel, t: Task, text: str) -> None:
 
 
 def _store_make_it_fail(k: Kernel, t: Task, text: str) -> None:
-    """proc_fault_inject_write: CAP_SYS_RESOURCE (root here), then 0 or 1 (kstrtoint of the stripped text)."""
+    """proc_fault_inject_write: CAP_SYS_RESOURCE (root here), then 0 or 1 (parsed as oom_adj's numbers)."""
     if k.current.uid != 0:
         raise KernelError(errno.EPERM, "make-it-fail needs CAP_SYS_RESOURCE")
-    value = kstrtoint(text.strip(), 0)
+    value = proc_numbuf_int(text)
     if value not in (0, 1):
         raise KernelError(errno.EINVAL, "make-it-fail takes 0 or 1")
     t.make_it_fail = bool(value)
@@ -182,7 +183,6 @@ def own_pid_dir(d: GenDir, t: Task) -> None:
 
 
 OOM_SCORE_ADJ_MIN, OOM_SCORE_ADJ_MAX = -1000, 1000
-PROC_NUMBUF = 13
 
 
 class TaskFile(GenFile):
@@ -205,9 +205,7 @@ class OomScoreAdjFile(TaskFile):
 
     def store_as(self, text: str, opener: Credentials) -> None:
         t = self.task()
-        # The first PROC_NUMBUF - 1 bytes, blanks around them stripped, then kstrtoint base 0.
-        value = kstrtoint(text.encode(errors="surrogateescape")[:PROC_NUMBUF - 1].strip()
-                          .decode(errors="surrogateescape"), 0)
+        value = proc_numbuf_int(text)
         if not OOM_SCORE_ADJ_MIN <= value <= OOM_SCORE_ADJ_MAX:
             raise KernelError(errno.EINVAL, f"oom_score_adj is {OOM_SCORE_ADJ_MIN}..{OOM_SCORE_ADJ_MAX}")
         privileged = opener.uid == 0  # CAP_SYS_RESOURCE

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from rinuxfs.errors import KernelError
 from rinuxfs.fs.kernfs import GenDir
+from rinuxfs.lib.kstrtox import kstrtoint, strstrip
 from rinuxfs.mm.buddy import MIGRATE_TYPES, NR_PAGE_ORDERS, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.mm.page_alloc import (
@@ -133,34 +134,37 @@ def render_pid_statm(k: Kernel, t: Task) -> str:
 
 
 OOM_ADJUST_MIN, OOM_ADJUST_MAX, OOM_DISABLE = -16, 15, -17
+PROC_NUMBUF = 13
+
+
+def proc_numbuf_int(text: str) -> int:
+    """What oom_adj_write and oom_score_adj_write parse: the first PROC_NUMBUF - 1 bytes, strstrip, kstrtoint base 0."""
+    return kstrtoint(strstrip(text.encode(errors="surrogateescape")[:PROC_NUMBUF - 1])
+                     .decode(errors="surrogateescape"), 0)
 
 
 def add_pid_mm_files(d: GenDir, k: Kernel, task: Callable[[], Task]) -> None:
-    def set_adj(value: int, legacy: bool) -> None:
+    def set_adj(value: int) -> None:
+        """__set_oom_adj(legacy=true): lowering the task's oom_score_adj needs CAP_SYS_RESOURCE."""
         t = task()
-        privileged = k.current.uid == 0  # CAP_SYS_RESOURCE
-        if value < t.oom_score_adj_min and not privileged:
+        if value < t.oom_score_adj and k.current.uid != 0:
             raise KernelError(errno.EACCES, "lowering oom_score_adj needs CAP_SYS_RESOURCE")
+        if not k.oom_adj_warned:
+            k.oom_adj_warned = True
+            k.log.warn(f"{t.comm} ({t.pid}): /proc/{t.pid}/oom_adj is deprecated, please use "
+                       f"/proc/{t.pid}/oom_score_adj instead.")
         t.oom_score_adj = value
-        if not legacy and privileged:
-            t.oom_score_adj_min = value
 
     def show_adj() -> str:
         adj = task().oom_score_adj
         return f"{OOM_ADJUST_MAX if adj == 1000 else int(adj * -OOM_DISABLE / 1000)}\n"
 
     def store_adj(text: str) -> None:
-        values = parse_ints(text, 1, -INT_MAX - 1, INT_MAX)
-        if values is None or not OOM_DISABLE <= values[0] <= OOM_ADJUST_MAX:
+        """oom_adj_write: -17..15 scaled to oom_score_adj (C division: -1 is -58, which reads back as 0)."""
+        value = proc_numbuf_int(text)
+        if not OOM_DISABLE <= value <= OOM_ADJUST_MAX:
             raise KernelError(errno.EINVAL, "oom_adj is -17..15")
-        value = values[0]
-        adj = 1000 if value == OOM_ADJUST_MAX else int(value * 1000 / -OOM_DISABLE)
-        if not k.oom_adj_warned:
-            k.oom_adj_warned = True
-            t = task()
-            k.log.warn(f"{t.comm} ({t.pid}): /proc/{t.pid}/oom_adj is deprecated, please use "
-                       f"/proc/{t.pid}/oom_score_adj instead.")
-        set_adj(adj, legacy=True)
+        set_adj(1000 if value == OOM_ADJUST_MAX else int(value * 1000 / -OOM_DISABLE))
 
     d.file("oom_score", lambda: f"{k.oom.oom_score(task())}\n")
     d.file("oom_adj", show_adj, store_adj)

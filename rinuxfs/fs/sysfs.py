@@ -10,7 +10,8 @@ they unregistered is gone:
   EACCES, for root too (kernfs_fop_open);
 - a Link is a symlink whose text is computed from where its directory and its target sit at
   the time of reading, relative as kernfs writes it (kernfs_get_target_path);
-- after removal, lookups give ENOENT and a file still open gives ENODEV (kernfs_get_active).
+- after removal, lookups give ENOENT and a file still open gives ENODEV (kernfs_get_active);
+  the host is told to forget the name at once, so what comes back is found by the same path.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class SysSuperBlock(KernfsSuperBlock):
         super().__init__(vfs)
         self.core = core
         self.root = SysDir(self, None, core.root, mode=0o555)
+        core.root.removal_listeners.append(self.entry_removed)
 
 
 class SysDir(MirrorDir):

@@ -17,7 +17,10 @@ Contract:
   counts down `times` unless it is -1. `injected` counts the failures, for tests and reports.
 - `fault_attr_files(attr)` lists the debugfs files fault_create_debugfs_attr makes (mode 0600),
   with Linux's formats and parsers: %llu / kstrtoull base 0 for the unsigned ones, %lld /
-  kstrtoll for the atomic_t ones (kept in 32 bits as atomic_t does), Y/N / kstrtobool for bools.
+  kstrtoll for the atomic_t ones (kept in 32 bits as atomic_t does), both on the first 23 bytes
+  written (simple_attr's set_buf), and Y/N / kstrtobool for bools, whose writes always succeed:
+  debugfs_write_file_bool returns the count whether kstrtobool parsed the value or not, so
+  "maybe" leaves the bool as it was and is no error.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rinuxfs.lib.kstrtox import U32_MAX, U64_MAX, kstrtobool, kstrtoll, kstrtoull
+from rinuxfs.errors import KernelError
+from rinuxfs.lib.kstrtox import U32_MAX, U64_MAX, kstrtobool, kstrtoll, kstrtoull, s32
 from rinuxfs.lib.ratelimit import DEFAULT_RATELIMIT_BURST, RateLimit
 
 KERN_WARNING, KERN_NOTICE = 4, 5
@@ -82,12 +86,6 @@ class FaultEnv:
             log(KERN_DEFAULT, " </IRQ>")
             log(KERN_DEFAULT, " <TASK>")
         log(KERN_DEFAULT, " </TASK>")
-
-
-def _s32(value: int) -> int:
-    """What an atomic_t keeps of a 64-bit value: its low 32 bits, signed."""
-    value &= U32_MAX
-    return value - (1 << 32) if value >> 31 else value
 
 
 class FaultAttr:
@@ -154,9 +152,13 @@ FaultShow = Callable[[], str]
 FaultStore = Callable[[str], None]
 
 
+SIMPLE_ATTR_SET_BUF = 23  # simple_attr's set_buf holds 24 bytes with the NUL: a write parses its first 23
+
+
 def _number(obj: object, name: str, parse: Callable[[str], int]) -> tuple[FaultShow, FaultStore]:
     def store(text: str) -> None:
-        setattr(obj, name, parse(text))
+        head = text.encode(errors="surrogateescape")[:SIMPLE_ATTR_SET_BUF].decode(errors="surrogateescape")
+        setattr(obj, name, parse(head))
 
     return lambda: f"{getattr(obj, name)}\n", store
 
@@ -168,7 +170,7 @@ def _ulong(obj: object, name: str) -> tuple[FaultShow, FaultStore]:
 
 def _atomic(obj: object, name: str) -> tuple[FaultShow, FaultStore]:
     """debugfs_create_atomic_t: %lld, kstrtoll base 0, kept in 32 bits."""
-    return _number(obj, name, lambda text: _s32(kstrtoll(text, 0)))
+    return _number(obj, name, lambda text: s32(kstrtoll(text, 0)))
 
 
 def debugfs_u32(obj: object, name: str) -> tuple[FaultShow, FaultStore]:
@@ -176,10 +178,20 @@ def debugfs_u32(obj: object, name: str) -> tuple[FaultShow, FaultStore]:
     return _number(obj, name, lambda text: kstrtoull(text, 0) & U32_MAX)
 
 
+def debugfs_x16(obj: object, name: str) -> tuple[FaultShow, FaultStore]:
+    """debugfs_create_x16: 0x%04llx, kstrtoull base 0, kept in 16 bits."""
+    show, store = _number(obj, name, lambda text: kstrtoull(text, 0) & 0xFFFF)
+    return lambda: f"0x{getattr(obj, name):04x}\n", store
+
+
 def debugfs_bool(obj: object, name: str) -> tuple[FaultShow, FaultStore]:
-    """debugfs_create_bool: reads Y or N, takes what kstrtobool takes."""
+    """debugfs_create_bool: reads Y or N; a write sets what kstrtobool makes of it, and any other is ignored."""
     def store(text: str) -> None:
-        setattr(obj, name, kstrtobool(text))
+        try:
+            value = kstrtobool(text)
+        except KernelError:
+            return  # debugfs_write_file_bool returns the count all the same
+        setattr(obj, name, value)
 
     return lambda: "Y\n" if getattr(obj, name) else "N\n", store
 

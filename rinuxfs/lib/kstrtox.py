@@ -5,6 +5,11 @@ forms), digits in the base (base 0 reads a "0x" prefix as hex and a leading "0" 
 at most one newline and nothing else; no spaces, no underscores. A malformed text is EINVAL, a
 number that does not fit the type is ERANGE: callers that want EINVAL for both (queue_var_store)
 catch and convert.
+
+The older, lax parsers of lib/vsprintf.c that some stores still call are here too, on the bytes
+written: `simple_strtoull` (leading digits, nothing skipped, 0 if none, wraps past 64 bits) and
+`sscanf_int` (vsscanf's "%d": blanks skipped, an optional '-', None if no digit follows).
+Only ASCII counts as a digit or a blank (lib/ctype.c), never what Python's str methods accept.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
 S32_MAX = (1 << 31) - 1
 S64_MAX = (1 << 63) - 1
+KERNEL_SPACES = b" \t\n\v\f\r\xa0"  # isspace() of lib/ctype.c: the C blanks, and 0xA0 (Latin-1's NBSP)
 
 _DIGITS = "0123456789abcdef"
 
@@ -115,3 +121,47 @@ def kstrtobool(text: str) -> bool:
     if first in ("o", "O") and second and second in "nNfF":
         return second in "nN"
     raise KernelError(errno.EINVAL, f"not a boolean: {text!r}")
+
+
+def s32(value: int) -> int:
+    """What a C int keeps of a wider value: its low 32 bits, signed."""
+    value &= U32_MAX
+    return value - (1 << 32) if value >> 31 else value
+
+
+def strstrip(data: bytes) -> bytes:
+    """strstrip: the bytes without the blanks (isspace) around them."""
+    return data.strip(KERNEL_SPACES)
+
+
+def simple_strtoull(data: bytes, base: int = 10) -> tuple[int, int]:
+    """simple_strtoull: the number `data` starts with, and how many bytes it took.
+
+    Nothing is skipped before it (no blanks, no sign); base 0 and 16 take a "0x" prefix. No digit
+    is 0, not an error, and a value past 64 bits wraps: simple_strntoull drops the overflow flag of
+    _parse_integer_limit (its FIXME), which goes on multiplying.
+    """
+    body, radix = _radix(data.decode("latin-1"), base)  # one character a byte: no other script's digits
+    n = 0
+    while n < len(body) and _DIGITS.find(body[n].lower()) in range(radix):
+        n += 1
+    # Modulo 2**64 only the last 64 digits count (8, 10 and 16 are even: radix**64 is a multiple of 2**64),
+    # so a page of digits costs no big-number conversion.
+    value = int(body[max(0, n - 64) : n], radix) & U64_MAX if n else 0
+    return value, len(data) - len(body) + n
+
+
+def sscanf_int(data: bytes) -> int | None:
+    """vsscanf(data, "%d"): the int it stores, or None when nothing converts (sscanf returns 0).
+
+    Blanks first, then an optional '-' that a digit must follow; the digits go through
+    simple_strntoll, so a number too long for an int keeps its low 32 bits.
+    """
+    rest = data.lstrip(KERNEL_SPACES)
+    negative = rest[:1] == b"-"
+    if negative:
+        rest = rest[1:]
+    if not rest[:1].isdigit():  # bytes.isdigit: ASCII digits only
+        return None
+    value, _ = simple_strtoull(rest, 10)
+    return s32(-value if negative else value)

@@ -161,7 +161,9 @@ def test_debugfs_has_the_fault_injection_files(nvme: Mounted) -> None:
     assert [(debug / "fail_page_alloc" / f).read_text() for f in ("ignore-gfp-wait", "ignore-gfp-highmem",
                                                                   "min-order")] == ["Y\n", "Y\n", "1\n"]
     assert put(nvme, "sys/kernel/debug/fail_make_request/probability", "lots") == errno.EINVAL
-    assert put(nvme, "sys/kernel/debug/fail_make_request/task-filter", "maybe") == errno.EINVAL
+    # debugfs_write_file_bool returns the count whatever kstrtobool made of it: "maybe" changes nothing.
+    assert put(nvme, "sys/kernel/debug/fail_make_request/task-filter", "maybe") == 0
+    assert (debug / "fail_make_request/task-filter").read_text() == "N\n"
     assert put(nvme, "sys/kernel/debug/fail_make_request/times", "-1") == 0
     assert (debug / "fail_make_request/times").read_text() == "-1\n"
     assert set(os.listdir(debug / "rinuxfs/nvme0")) == {"controller_fatal_status", "lost_commands",
@@ -473,8 +475,10 @@ def test_nvme_surprise_removal_kills_the_controller_and_pci_rescan_brings_it_bac
     assert put(m, "sys/bus/pci/devices/0000:00:04.0/remove", "1") == 0
     assert wait_until(lambda: gone(m / "sys/bus/pci/devices/0000:00:04.0"), 5)
     assert put(m, "sys/bus/pci/rescan", "1") == 0
-    assert wait_until(lambda: (m / "sys/class/nvme/nvme0/state").exists(), 5)
+    # The rescan probes before it returns, and the names the host cached went with the old devices: the
+    # same paths lead to the new ones at once (sysfs and debugfs), not after the entry cache times out.
     assert (m / "sys/class/nvme/nvme0/state").read_text() == "live\n"
+    assert (m / "sys/kernel/debug/nvme0n1/fault_inject/probability").read_text() == "0\n"
     assert reads_like_image(m, "nvme0n1p2", image, P2, 9 * PAGE)
     assert sorted(os.listdir(m / "dev")) == ["nvme0n1", "nvme0n1p1", "nvme0n1p2", "nvme0n1p4"]
     assert put(m, "sys/bus/pci/rescan", "x") == errno.EINVAL
@@ -557,7 +561,7 @@ def test_ahci_surprise_removal_delete_and_scan(ahci: Mounted, image: Path) -> No
     assert put(m, "sys/class/scsi_host/host0/scan", "- - -") == 0
     assert wait_until(lambda: (m / "dev/sda2").exists(), 5)
     assert reads_like_image(m, "sda2", image, P2, 2 * PAGE)
-    assert wait_until(lambda: (m / "sys/block/sda/device/rescan").exists(), 5)
+    assert (m / "sys/block/sda/device/rescan").exists()  # found by the path the host cached before the delete
     log = Log(m)
     assert put(m, "sys/block/sda/device/rescan", "1") == 0
     assert log.lines() == []  # an unchanged disk: nothing to say

@@ -191,3 +191,26 @@ def test_debugfs_tree() -> None:
     assert e.value.errno == errno.EEXIST
     debugfs_remove(d)
     assert not d.is_live() and not f.is_live() and not core.debugfs.entries
+
+
+def test_every_removal_tells_the_roots_listeners_the_directory_and_the_name() -> None:
+    """What a view needs to take a name back from the host at once (a device deleted, then found again)."""
+    core = DriverCore()
+    heard: list[tuple[str, str]] = []
+    core.root.removal_listeners.append(lambda directory, name: heard.append((directory.path, name)))
+    block = core.class_register("block", block=True)
+    sdev = device_register(Device("0:0:0:0", core.devices))
+    sda = device_register(Device("sda", sdev, cls=block, devt=(8, 0), devtype="disk"))
+    sda.add_attr("size", lambda: "0\n")
+    sda.remove("size")
+    sda.remove("size")  # absent: nothing to tell
+    device_unregister(sda)
+    assert heard == [("devices/0:0:0:0/block/sda", "size"), ("dev/block", "8:0"), ("class/block", "sda"),
+                     ("devices/0:0:0:0/block", "sda"), ("devices/0:0:0:0", "block")]
+    debug: list[tuple[str, str]] = []
+    core.debugfs.removal_listeners.append(lambda directory, name: debug.append((directory.name, name)))
+    d = debugfs_create_dir("nvme0n1", core.debugfs)
+    fault = debugfs_create_dir("fault_inject", d)
+    debugfs_remove(debugfs_create_file("status", 0o600, fault, lambda: "0x0001\n"))
+    debugfs_remove(d)
+    assert debug == [("fault_inject", "status"), ("", "nvme0n1")]

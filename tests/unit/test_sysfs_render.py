@@ -178,7 +178,8 @@ def test_what_is_registered_after_boot_shows_at_once(kernel: Kernel) -> None:
 def test_unregistering_the_controller_takes_all_of_it_out_of_sys(kernel: Kernel) -> None:
     driver = kernel.storage_driver
     assert isinstance(driver, NvmeDriver)
-    held = node(kernel, "/sys/block/nvme0n1/size").open(os.O_RDONLY, ROOT_CRED)
+    size = node(kernel, "/sys/block/nvme0n1/size")
+    held = size.open(os.O_RDONLY, ROOT_CRED)
     disk_dir = node(kernel, "/sys/block/nvme0n1")
     assert held.read(0, 100) == b"32768\n"
 
@@ -194,6 +195,9 @@ def test_unregistering_the_controller_takes_all_of_it_out_of_sys(kernel: Kernel)
     with pytest.raises(KernelError) as e:
         held.read(0, 100)
     assert e.value.errno == errno.ENODEV  # kernfs: the file is open but its node is gone
+    with pytest.raises(KernelError) as e:
+        size.open(os.O_RDONLY, ROOT_CRED)  # the host's name for it, before it heard of the removal
+    assert e.value.errno == errno.ENOENT  # what a fresh lookup gives
     assert disk_dir.lookup(b"size", ROOT_CRED) is None and not list(disk_dir.entries(ROOT_CRED))
     assert kernel.block.render_partitions() == "major minor  #blocks  name\n\n"
 

@@ -8,7 +8,8 @@ Contract:
   `show()` and whose writes go to `store(text)` (KernelError(EINVAL, ERANGE, …) for a bad value),
   as a kobject attribute's. A name taken in the directory is EEXIST.
 - `debugfs_remove(entry)` removes a file, or a directory with all it holds (debugfs_remove is
-  recursive in Linux 6.x); afterwards lookups give ENOENT and files still open give EIO.
+  recursive in Linux 6.x); afterwards lookups give ENOENT and files still open give EIO. The
+  root's `removal_listeners` hear of it (the directory, the name), as sysfs's do of kobjects.
 - `fault_create_debugfs_attr(name, parent, attr)` makes the directory of one fault-injection
   capability with the generic files of lib/fault_inject.py (mode 0600), and returns it so the
   caller can add the capability's own files (min-order, status, …).
@@ -18,6 +19,7 @@ Contract:
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rinuxfs.drivers.base.kobject import Show, Store
@@ -44,6 +46,7 @@ class DebugfsDir:
     parent: DebugfsDir | None = None
     entries: dict[str, DebugfsDir | DebugfsFile] = field(default_factory=dict)
     removed: bool = False
+    removal_listeners: list[Callable[[DebugfsDir, str], None]] = field(default_factory=list)  # the root's count
 
     def is_live(self) -> bool:
         node: DebugfsDir | None = self
@@ -78,6 +81,11 @@ def debugfs_remove(entry: DebugfsDir | DebugfsFile) -> None:
     parent = entry.parent
     if parent is not None and parent.entries.get(entry.name) is entry:
         del parent.entries[entry.name]
+        root = parent
+        while root.parent is not None:
+            root = root.parent
+        for listener in list(root.removal_listeners):
+            listener(parent, entry.name)
     if isinstance(entry, DebugfsDir):
         entry.removed = True
     else:

@@ -16,7 +16,9 @@ Contract:
 - A Link names its target kobject, not a path: the text of the symlink is computed from where
   both sit when it is read (sysfs_create_link).
 - `kobject_uevent` counts an event on the root (the uevent_seqnum /sys/kernel shows) and tells
-  the root's listeners, which later work may use to drop cached entries.
+  the root's listeners. Every removal of a name from a directory (kobject_del, `remove`,
+  sysfs_remove_link) tells the root's `removal_listeners` (the directory, the name), so a view
+  that handed the name out can take it back at once, as kernfs's dentries go with their node.
 - Nothing here knows a filesystem: fs/sysfs.py renders this tree. The tree holds only what was
   registered, so its size follows the devices, never the machine's configuration.
 """
@@ -32,6 +34,7 @@ from rinuxfs.errors import KernelError
 Show = Callable[[], str]
 Store = Callable[[str], None]
 UeventListener = Callable[[str, "Kobject"], None]
+RemovalListener = Callable[["Kobject", str], None]
 
 
 @dataclass(eq=False)
@@ -117,8 +120,8 @@ class Kobject:
         entry = self.entries.get(name)
         if isinstance(entry, Kobject):
             kobject_del(entry)
-        else:
-            self.entries.pop(name, None)
+        elif self.entries.pop(name, None) is not None:
+            _entry_removed(self, name)
 
     def _add_entry(self, name: str, entry: Kobject | Attribute | Link) -> None:
         if name in self.entries:
@@ -138,6 +141,14 @@ class KobjectRoot(Kobject):
         self.in_sysfs = True
         self.uevent_seqnum = 0
         self.uevent_listeners: list[UeventListener] = []
+        self.removal_listeners: list[RemovalListener] = []
+
+
+def _entry_removed(directory: Kobject, name: str) -> None:
+    root = directory.root()
+    if isinstance(root, KobjectRoot):
+        for listener in list(root.removal_listeners):
+            listener(directory, name)
 
 
 def kobject_add(kobj: Kobject, parent: Kobject) -> Kobject:
@@ -160,6 +171,7 @@ def kobject_del(kobj: Kobject) -> None:
     parent = kobj.parent
     if parent is not None and parent.entries.get(kobj.name) is kobj:
         del parent.entries[kobj.name]
+        _entry_removed(parent, kobj.name)
     kobj.in_sysfs = False
 
 
@@ -182,3 +194,4 @@ def sysfs_create_link(kobj: Kobject, name: str, target: Kobject) -> Link:
 def sysfs_remove_link(kobj: Kobject, name: str) -> None:
     if isinstance(kobj.entries.get(name), Link):
         del kobj.entries[name]
+        _entry_removed(kobj, name)
