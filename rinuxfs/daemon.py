@@ -16,6 +16,7 @@ its root's files as the user's (fuse.IdMap), so dev/, sys/ and proc/kmsg work.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -132,6 +133,11 @@ def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> Non
                 # the kernel's state is only ever seen between two requests, never in the middle of one.
                 kernel.start(nursery)  # kswapd and the flusher: cancelled with the nursery at the end
                 nursery.start_soon(kernel.workqueue.worker)  # the kworker: deferred driver work between requests
+                # The boot's objects never die: out of the collector's sight. Requests make many
+                # short-lived containers (swap entries, page lists); a larger first generation keeps
+                # the collector from sweeping a millions-strong heap every few hundred of them.
+                gc.freeze()
+                gc.set_threshold(20_000, 20, 20)
                 await pyfuse3.main(min_tasks=1, max_tasks=1)
                 ended_by_host = not stopped_by_signal  # fusermount3 -u: the mount is already gone
                 nursery.cancel_scope.cancel()

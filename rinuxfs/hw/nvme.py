@@ -1185,6 +1185,9 @@ class NvmeController:
                 pages = self._read_prp_list(prp2, -(-rest // page))
             end = prp1 + first
             last = len(pages) - 1
+            if pages[0] == end and pages == list(range(end, end + len(pages) * page, page)):
+                pages = []  # every page follows the one before: one buffer (compared in C, not entry by entry)
+                lengths[-1] += rest
             for i, entry in enumerate(pages):
                 if entry & mask:
                     raise _CommandFailed(Status.INVALID_PRP_OFFSET)

@@ -330,19 +330,22 @@ class AddressSpace:
     def pageout(self, pages: list[tuple[int, int]], plug: SwapPlug) -> list[bool]:
         """shmem_writeout for a batch: a slot for each page, its write queued on the reclaim pass's plug."""
         mm = self.mm
-        candidates = [(i, pfn) for i, pfn in pages if self.pages.get(i) == pfn and not self.locks.locked(i)]
+        get = self.pages.get
+        candidates = [(i, pfn) for i, pfn in pages if get(i) == pfn]
+        if self.locks:
+            candidates = [(i, pfn) for i, pfn in candidates if not self.locks.locked(i)]
         if self.huge:
             for block in {i & ~(HPAGE_PMD_NR - 1) for i, _ in candidates} & self.huge:
                 self._split(block)  # shmem_writeout splits a large folio before it goes to swap
         entries = mm.swap.get_swap_pages(len(candidates))
-        ok: set[int] = set()
+        taken = candidates[: len(entries)]
         if self._pending is None:
             self._pending = {}
-        for (index, pfn), entry in zip(candidates, entries, strict=False):
-            self._pending[index] = entry
-            plug.add(entry, pfn)
-            ok.add(index)
-        return [index in ok and self.pages.get(index) == pfn for index, pfn in pages]
+        indexes = [index for index, _ in taken]
+        self._pending.update(zip(indexes, entries, strict=True))
+        plug.writes.extend(zip(entries, [pfn for _, pfn in taken], strict=True))
+        ok = set(indexes)
+        return [index in ok for index, _ in pages]
 
     def writeout_failed(self, index: int) -> None:
         """The page's swap write failed: it stays, dirty; its slot is given back."""

@@ -147,6 +147,7 @@ class Lruvec:
         self.quick_demotion = quick_demotion
         self.on_change = on_change
         self.nr_swap_pages = nr_swap_pages  # free swap: anon competes in the workingset when > 0
+        self._swap_free_now: int | None = None  # nr_swap_pages() taken once for a batch of adds
         self.lruvec_of_node = lruvec_of_node  # a shadow from another node is judged there
         self._queues: list[OrderedDict[int, int]] = [OrderedDict() for _ in range(7)]
         self._where: dict[int, int] = {}  # key -> queue it is on
@@ -255,8 +256,7 @@ class Lruvec:
         """`add` for a batch (a request brings in up to 256 pages at once): one dict update when no
         page brings a shadow, `add` page by page otherwise."""
         if shadows is not None and any(shadow is not None for shadow in shadows):
-            for key, shadow in zip(keys, shadows, strict=True):
-                self.add(key, anon, shadow)
+            self._add_refaults(keys, anon, shadows)
             return
         q = self._inactive_queue(anon, True)
         flags = 0 if self.quick_demotion else PG_REFERENCED
@@ -264,6 +264,40 @@ class Lruvec:
         self._where.update(dict.fromkeys(keys, q))
         if self.on_change is not None:
             self.on_change(_QUEUE_LRU[q], len(keys))
+
+    def _add_refaults(self, keys: list[int], anon: bool, shadows: list[int | None]) -> None:
+        """`add` for a batch of which some pages bring a shadow: each refault judged on its own,
+        the lists' counters moved once per list."""
+        where, queues = self._where, self._queues
+        new_q = self._inactive_queue(anon, True)
+        new_flags = 0 if self.quick_demotion else PG_REFERENCED
+        active_q = _lru(anon, True)
+        added = [0] * len(queues)
+        # Free swap is read once for the batch: the adds themselves never change it.
+        self._swap_free_now = self._swap_free()
+        verdict = self._refault_verdict
+        isolated = self._isolated
+        refaults = 0
+        try:
+            for key, shadow in zip(keys, shadows, strict=True):
+                if key in where or key in isolated:
+                    raise ValueError(f"lruvec: page {key} added twice")
+                if shadow is None:
+                    flags = None
+                else:
+                    refaults += 1
+                    flags = verdict(anon, shadow)
+                q = new_q if flags is None else active_q
+                queues[q][key] = new_flags if flags is None else flags
+                where[key] = q
+                added[q] += 1
+        finally:
+            self._swap_free_now = None
+            self.events[_WORKINGSET_EVENTS[anon][0]] += refaults
+            if self.on_change is not None:
+                for q, n in enumerate(added):
+                    if n:
+                        self.on_change(_QUEUE_LRU[q], n)
 
     def access_many(self, keys: list[int]) -> None:
         """`access` for each key, in order (a request that hits up to 256 cached pages)."""
@@ -327,9 +361,13 @@ class Lruvec:
 
     def _refault(self, anon: bool, shadow: int) -> int | None:
         """workingset_refault: the flags of an activated refault, or None to start inactive."""
-        refault, activate, restore = _WORKINGSET_EVENTS[anon]
+        self.events[_WORKINGSET_EVENTS[anon][0]] += 1
+        return self._refault_verdict(anon, shadow)
+
+    def _refault_verdict(self, anon: bool, shadow: int) -> int | None:
+        """_refault without counting the refault itself (a batch counts its refaults at once)."""
+        _, activate, restore = _WORKINGSET_EVENTS[anon]
         events = self.events
-        events[refault] += 1
         workingset = bool(shadow & 1)
         judge = self
         node = (shadow >> 2) & _NODE_MASK
@@ -346,13 +384,18 @@ class Lruvec:
         self.note_cost(anon, 1, 0)  # lru_note_cost_refault: the refault was I/O
         return PG_WORKINGSET
 
+    def _swap_free(self) -> int:
+        if self._swap_free_now is not None:
+            return self._swap_free_now
+        return self.nr_swap_pages() if self.nr_swap_pages is not None else 0
+
     def workingset_size(self, anon: bool) -> int:
         """Linux's: the pages a refaulting page competes with (workingset_test_recent)."""
         q = self._queues
         size = len(q[LRU_ACTIVE_FILE])
         if anon:
             size += len(q[LRU_INACTIVE_FILE]) + len(q[_Q_PROBATION_FILE])
-        if self.nr_swap_pages is not None and self.nr_swap_pages() > 0:
+        if self._swap_free():
             size += len(q[LRU_ACTIVE_ANON])
             if not anon:
                 size += len(q[LRU_INACTIVE_ANON]) + len(q[_Q_PROBATION_ANON])
@@ -379,7 +422,15 @@ class Lruvec:
         if distance * mix <= pages - target:
             step = max(1.0, target / max(pages - target, 1.0))
             self.probation_share[t] = min(PROBATION_MAX, share + step / pages)
-        return distance <= self.workingset_size(anon) + REFAULT_REACH * pages - target
+        # workingset_size(anon), inline: this runs once per refault
+        size = len(q[LRU_ACTIVE_FILE])
+        if anon:
+            size += len(q[LRU_INACTIVE_FILE]) + len(q[_Q_PROBATION_FILE])
+        if self._swap_free_now if self._swap_free_now is not None else self._swap_free():
+            size += len(q[LRU_ACTIVE_ANON])
+            if not anon:
+                size += len(q[LRU_INACTIVE_ANON]) + len(q[_Q_PROBATION_ANON])
+        return distance <= size + REFAULT_REACH * pages - target
 
     # --- reclaim -------------------------------------------------------------------------
 
@@ -462,10 +513,10 @@ class Lruvec:
                 self._activate_taken(key, q, flags)
                 continue
             del where[key]
-            if on_change is not None:
-                on_change(qi, -1)
             isolated[key] = (q, flags)
             taken.append(key)
+        if on_change is not None and taken:
+            on_change(qi, -len(taken))
         self.nr_scanned = scanned
         self.events[_PGSCAN[anon]] += scanned
         return taken
@@ -493,6 +544,24 @@ class Lruvec:
         self.nonresident_age = eviction + 1
         # pack_shadow, inline: this runs once per page reclaimed
         return (((eviction << NODES_SHIFT | self.node) << 1 | anon) << 1) | bool(flags & PG_WORKINGSET)
+
+    def evict_many(self, keys: list[int], anon: bool) -> list[int]:
+        """`evict` for a batch of isolated pages, in order: their shadows."""
+        isolated, mix = self._isolated, self._probation_evictions
+        t = 0 if anon else 1
+        share = mix[t]
+        age = self.nonresident_age
+        node = self.node
+        shadows = []
+        for key in keys:
+            q, flags = isolated.pop(key)
+            share += ((q >= _Q_PROBATION_ANON) - share) * EVICTION_MIX_DECAY
+            shadows.append((((age << NODES_SHIFT | node) << 1 | anon) << 1) | bool(flags & PG_WORKINGSET))
+            age += 1
+        mix[t] = share
+        self.nonresident_age = age
+        self.events[_PGSTEAL[anon]] += len(keys)
+        return shadows
 
     def rotate(self, key: int) -> None:
         q = self._where.get(key)

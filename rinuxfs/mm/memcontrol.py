@@ -14,6 +14,7 @@ Per-page ownership lives in the struct pages (memmap.memcg) and per-slot ownersh
 from __future__ import annotations
 
 from collections import Counter
+from itertools import repeat
 
 from rinuxfs.mm.memmap import MemMap
 
@@ -36,19 +37,30 @@ class Charges:
 
     def to_swap(self, pfns: list[int], slots: list[object]) -> None:
         owners = self.memmap.memcg(pfns)
-        for pid, slot in zip(owners, slots, strict=True):
-            self.slots[slot] = pid
-        for pid, n in Counter(owners).items():
+        counts = Counter(owners)
+        if len(counts) == 1:  # the usual batch: one owner's pages
+            self.slots.update(dict.fromkeys(slots, owners[0]))
+        else:
+            self.slots.update(zip(slots, owners, strict=True))
+        for pid, n in counts.items():
             self._drop(self.rss_shmem, pid, n)
             self.swapents[pid] += n
 
     def from_swap(self, slots: list[object], pfns: list[int]) -> None:
-        owners = [self.slots.pop(slot, 0) for slot in slots]
-        for pid, pfn in zip(owners, pfns, strict=True):
-            self.memmap.set_memcg([pfn], pid)
-        for pid, n in Counter(owners).items():
-            self._drop(self.swapents, pid, n)
-            self.rss_shmem[pid] += n
+        if not slots:
+            return
+        owners = list(map(self.slots.pop, slots, repeat(0, len(slots))))
+        by_pid: dict[int, list[int]]
+        if owners.count(owners[0]) == len(owners):  # the usual batch: one owner's pages
+            by_pid = {owners[0]: pfns}
+        else:
+            by_pid = {}
+            for pid, pfn in zip(owners, pfns, strict=True):
+                by_pid.setdefault(pid, []).append(pfn)
+        for pid, group in by_pid.items():
+            self.memmap.set_memcg(group, pid)
+            self._drop(self.swapents, pid, len(group))
+            self.rss_shmem[pid] += len(group)
 
     def uncharge_swap(self, slots: list[object]) -> None:
         for pid, n in Counter(self.slots.pop(slot, 0) for slot in slots).items():

@@ -158,6 +158,15 @@ class MemMap:
         sections = self.sections
         return [sections[pfn >> SECTION_SHIFT].memcg[pfn & _MASK] for pfn in pfns]
 
+    def owners(self, pfns: list[int]) -> list[tuple[int, int]]:
+        """`owner` of each page."""
+        sections = self.sections
+        out = []
+        for pfn in pfns:
+            section = sections.get(pfn >> SECTION_SHIFT)
+            out.append((0, 0) if section is None else (section.mapping[pfn & _MASK], section.index[pfn & _MASK]))
+        return out
+
     def owner(self, pfn: int) -> tuple[int, int]:
         """(mapping id, index) of a page; mapping 0 means none."""
         section = self.sections.get(pfn >> SECTION_SHIFT)

@@ -31,22 +31,29 @@ SECTORS_PER_PAGE = PAGE_SIZE >> 9
 def _runs(pages: Iterable[tuple[SwapEntry, int]]) -> list[tuple[int, list[tuple[SwapEntry, int]]]]:
     """(area type, [(entry, pfn), ...]) runs of consecutive slots of one area, in slot order."""
     runs: list[tuple[int, list[tuple[SwapEntry, int]]]] = []
-    for entry, pfn in sorted(pages):
-        if runs and runs[-1][0] == entry.type and runs[-1][1][-1][0].offset + 1 == entry.offset:
-            runs[-1][1].append((entry, pfn))
+    run: list[tuple[SwapEntry, int]] = []
+    prev_type = prev_offset = -1
+    for page in sorted(pages):
+        area_type, offset = page[0]
+        if offset == prev_offset + 1 and area_type == prev_type:
+            run.append(page)
         else:
-            runs.append((entry.type, [(entry, pfn)]))
+            run = [page]
+            runs.append((area_type, run))
+        prev_type, prev_offset = area_type, offset
     return runs
 
 
 def _bio(op: ReqOp, run: list[tuple[SwapEntry, int]]) -> Bio:
     segments: list[tuple[int, int]] = []
+    start = prev = -2
     for _, pfn in run:
-        addr = pfn << PAGE_SHIFT
-        if segments and segments[-1][0] + segments[-1][1] == addr:
-            segments[-1] = (segments[-1][0], segments[-1][1] + PAGE_SIZE)
-        else:
-            segments.append((addr, PAGE_SIZE))
+        if pfn != prev + 1:
+            if start >= 0:
+                segments.append((start << PAGE_SHIFT, (prev - start + 1) << PAGE_SHIFT))
+            start = pfn
+        prev = pfn
+    segments.append((start << PAGE_SHIFT, (prev - start + 1) << PAGE_SHIFT))
     return Bio(op, run[0][0].offset * SECTORS_PER_PAGE, len(run) * SECTORS_PER_PAGE, segments)
 
 

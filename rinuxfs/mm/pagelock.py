@@ -26,6 +26,10 @@ class PageLocks:
         finally:
             self._held = outer
 
+    def __bool__(self) -> bool:
+        """Whether any page is locked now (reclaim between requests finds none)."""
+        return bool(self._held)
+
     def locked(self, index: int) -> bool:
         if not self._held:
             return False

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import errno
 import heapq
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import NamedTuple
 
 from rinuxfs.block.genhd import BlockDevice
@@ -43,6 +45,9 @@ class SwapEntry(NamedTuple):
 
     type: int
     offset: int
+
+
+_tuple_new = tuple.__new__  # SwapEntry's own __new__, without its Python frame: entries come by the thousand
 
 
 @dataclass(eq=False)
@@ -147,13 +152,37 @@ class SwapInfo:
         slots[i] = slots[i] | flag if on else slots[i] & ~flag
 
     def free(self, offset: int) -> None:
-        cluster, i = divmod(offset, SWAPFILE_CLUSTER)
-        slots = self.clusters.get(cluster)
-        if slots is None or slots[i] in (0, SWAP_MAP_BAD):
-            raise KernelError(errno.EINVAL, f"swap_free: Bad swap offset entry {offset:08x}")
-        slots[i] = 0
-        self.inuse_pages -= 1
-        self.cluster_used[cluster] -= 1
+        self.free_many([offset])
+
+    def free_many(self, offsets: Iterable[int]) -> None:
+        """Free slots; a slot that is not in use is a bad entry (EINVAL), and stops the batch there."""
+        clusters, used = self.clusters, self.cluster_used
+        touched: set[int] = set()
+        try:
+            # Runs of consecutive slots inside one cluster are checked and cleared as one slice.
+            for start, n in _slot_runs(offsets):
+                cluster, i = divmod(start, SWAPFILE_CLUSTER)
+                slots = clusters.get(cluster)
+                piece = slots[i : i + n] if slots is not None else b"\0"
+                if 0 in piece or SWAP_MAP_BAD in piece:
+                    # The first slot not in use is the error; the ones before it are freed.
+                    k = next(k for k, count in enumerate(piece) if count in (0, SWAP_MAP_BAD))
+                    if k:
+                        n = k
+                        slots[i : i + n] = bytes(n)  # type: ignore[index]
+                        self.inuse_pages -= n
+                        used[cluster] -= n
+                        touched.add(cluster)
+                    raise KernelError(errno.EINVAL, f"swap_free: Bad swap offset entry {start + k:08x}")
+                slots[i : i + n] = bytes(n)  # type: ignore[index]
+                self.inuse_pages -= n
+                used[cluster] -= n
+                touched.add(cluster)
+        finally:
+            for cluster in sorted(touched):
+                self._cluster_freed(cluster)
+
+    def _cluster_freed(self, cluster: int) -> None:
         if not self.cluster_used[cluster] and cluster != self.current:
             # Wholly free again: its bytes go and it waits on the free list. Clusters holding
             # bad slots (or the header) keep their map, since those slots stay marked.
@@ -162,6 +191,20 @@ class SwapInfo:
             heapq.heappush(self.free_clusters, cluster)
             return
         self.nonfull.add(cluster)
+
+
+def _slot_runs(offsets: Iterable[int]) -> Iterator[tuple[int, int]]:
+    """(first, count) runs of consecutive offsets, in the order given, none crossing a cluster boundary."""
+    start = prev = -2
+    for offset in offsets:
+        if offset == prev + 1 and offset % SWAPFILE_CLUSTER:
+            prev = offset
+            continue
+        if start >= 0:
+            yield start, prev - start + 1
+        start = prev = offset
+    if start >= 0:
+        yield start, prev - start + 1
 
 
 class SwapAreas:
@@ -226,7 +269,8 @@ class SwapAreas:
         for area in self._by_priority():
             if len(entries) >= n:
                 break
-            entries += [SwapEntry(area.type, off) for off in area.alloc(n - len(entries), count)]
+            offsets = area.alloc(n - len(entries), count)
+            entries += map(_tuple_new, repeat(SwapEntry), zip(repeat(area.type), offsets))
         return entries
 
     def area(self, entry: SwapEntry) -> SwapInfo:
@@ -236,8 +280,11 @@ class SwapAreas:
         return area
 
     def swap_free(self, entries: list[SwapEntry]) -> None:
-        for entry in entries:
-            self.area(entry).free(entry.offset)
+        by_type: dict[int, list[int]] = {}
+        for area_type, offset in entries:
+            by_type.setdefault(area_type, []).append(offset)
+        for area_type, offsets in by_type.items():
+            self.area(SwapEntry(area_type, 0)).free_many(offsets)
 
     # --- /proc/swaps ---------------------------------------------------------------------
 

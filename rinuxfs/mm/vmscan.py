@@ -62,8 +62,6 @@ class SwapPlug:
     def __init__(self) -> None:
         self.writes: list[tuple[SwapEntry, int]] = []
 
-    def add(self, entry: SwapEntry, pfn: int) -> None:
-        self.writes.append((entry, pfn))
 
 
 class Reclaimer:
@@ -127,9 +125,9 @@ class Reclaimer:
         mm.events[f"pgscan_{who}"] += len(keys)
         by_owner: dict[int, list[tuple[int, int]]] = defaultdict(list)
         orphans: list[int] = []
-        for pfn in keys:
-            mapping_id, index = mm.memmap.owner(pfn)
-            if mapping_id and mapping_id in mm.mappings:
+        mappings = mm.mappings
+        for pfn, (mapping_id, index) in zip(keys, mm.memmap.owners(keys), strict=True):
+            if mapping_id and mapping_id in mappings:
                 by_owner[mapping_id].append((index, pfn))
             else:
                 orphans.append(pfn)
@@ -167,7 +165,8 @@ class Reclaimer:
             if bad:  # a write error leaves the page in memory, dirty (end_swap_bio_write)
                 lruvec.putback([pfn for _, pfn in bad], anon, activate=True)
             if ok:
-                mapping.drop([(index, pfn, lruvec.evict(pfn, anon)) for index, pfn in ok])
+                shadows = lruvec.evict_many([pfn for _, pfn in ok], anon)
+                mapping.drop([(index, pfn, shadow) for (index, pfn), shadow in zip(ok, shadows, strict=True)])
                 freed += len(ok)
         mm.events[f"pgsteal_{who}"] += freed
         return freed

@@ -365,3 +365,50 @@ def test_lists_stay_consistent(ops: list[tuple], quick: bool) -> None:
         assert sum(sizes.values()) == len(resident)
         assert lru.nr_probation(True) <= lru.nr(LRU_INACTIVE_ANON)
         assert lru.nr_probation(False) <= lru.nr(LRU_INACTIVE_FILE)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(8, 40), st.lists(st.booleans(), min_size=8, max_size=40), st.booleans())
+def test_a_batch_of_refaults_lands_as_page_by_page_adds(n: int, accessed: list[bool], quick: bool) -> None:
+    """add_many with shadows leaves the lists, flags, counters and events as `add` one by one does."""
+    def history() -> tuple[Lruvec, dict[int, int], dict[int, int]]:
+        sizes = dict.fromkeys(ALL_LRUS, 0)
+
+        def on_change(lru_id: int, delta: int) -> None:
+            sizes[lru_id] += delta
+
+        lru = Lruvec(on_change, quick_demotion=quick, nr_swap_pages=lambda: 100)
+        lru.add_many(list(range(n)), anon=True)
+        for key, hit in zip(range(n), accessed, strict=False):
+            if hit:
+                lru.access(key)
+        shadows = {key: lru.evict(key, True) for key in lru.isolate(True, n // 2)}
+        return lru, shadows, sizes
+
+    one, shadows, sizes_one = history()
+    many, shadows_many, sizes_many = history()
+    assert shadows == shadows_many
+    keys = sorted(shadows) + [n + 1, n + 2]
+    for key in keys:
+        one.add(key, True, shadows.get(key))
+    many.add_many(keys, True, [shadows.get(key) for key in keys])
+    assert sizes_one == sizes_many
+    assert one.events == many.events
+    for key in range(n + 3):
+        assert (one.lru_of(key), one.referenced(key)) == (many.lru_of(key), many.referenced(key))
+
+
+def test_evicting_a_batch_is_evicting_page_by_page() -> None:
+    def lruvec() -> Lruvec:
+        lru = Lruvec(None, nr_swap_pages=lambda: 1)
+        lru.add_many(list(range(64)), anon=True)
+        for key in range(0, 64, 3):
+            lru.access(key)
+        return lru
+
+    one, many = lruvec(), lruvec()
+    taken = one.isolate(True, 40)
+    assert many.isolate(True, 40) == taken
+    assert [one.evict(key, True) for key in taken] == many.evict_many(taken, True)
+    assert (one.nonresident_age, one.events, one._probation_evictions) == \
+        (many.nonresident_age, many.events, many._probation_evictions)

@@ -87,6 +87,14 @@ def test_a_bad_free_is_an_error_not_a_crash() -> None:
     assert e.value.errno == errno.EINVAL
     with pytest.raises(KernelError):
         areas.swap_free([SwapEntry(7, 1)])
+    got = areas.get_swap_pages(10)
+    assert [e.offset for e in got] == list(range(1, 11))
+    # A run freed twice: the slots before the first bad one are freed, the bad one is the error.
+    areas.swap_free(got[5:])
+    with pytest.raises(KernelError) as e:
+        areas.swap_free(got[2:7])
+    assert "Bad swap offset entry 00000006" in str(e.value)
+    assert areas.total_pages - areas.free_pages == 2  # slots 1 and 2 are all that is left in use
 
 
 @settings(max_examples=60, deadline=None)
