@@ -412,7 +412,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="512M", help="sequential file size (default 512M)")
     parser.add_argument("--mem", default="3G", help="rinuxfs --mem for the benchmark mount")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per benchmark (median shown)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating runs per benchmark (median shown)")
     parser.add_argument("--only", choices=("tmpfs", "storage", "swap", "machine", "eviction"),
                         help="run one group of benchmarks")
     args = parser.parse_args()
