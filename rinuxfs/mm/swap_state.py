@@ -86,12 +86,16 @@ class SwapCache:
             return []
         ahead: dict[SwapEntry, None] = {}
         windows = {(e.type, e.offset & ~(cluster - 1)) for e in wanted}
+        asked_offsets: dict[int, set[int]] = {}
+        for area_type, offset in asked:
+            asked_offsets.setdefault(area_type, set()).add(offset)
         for area_type, start in sorted(windows):
             area = self.mm.swap.areas[area_type]
             assert area is not None
-            for off in range(start, min(start + cluster, area.maxpages)):
+            # A request for whole windows (a sequential read) leaves nothing to read ahead.
+            for off in sorted(set(range(start, min(start + cluster, area.maxpages))) - asked_offsets[area_type]):
                 cand = SwapEntry(area_type, off)
-                if cand in asked or cand in self.pages:
+                if cand in self.pages:
                     continue
                 count = area.count(off)
                 if count and count != SWAP_MAP_BAD and not count & SWAP_HAS_CACHE:
