@@ -156,10 +156,20 @@ class Reclaimer:
             failed = set(swap_writepages(mm.swap, plug.writes, mm.log, mm.events))
             failed_pfns = {pfn for entry, pfn in plug.writes if entry in failed}
             lruvec.note_cost(True, len(plug.writes), 0)
-        freed = 0
+        # Consecutive batches of one mapping are freed together (same order, one call per run of them).
+        groups: list[tuple[bool, Reclaimable, list[tuple[int, int]]]] = []
         for anon, mapping, pages in pending:
-            ok = [p for p in pages if p[1] not in failed_pfns]
-            bad = [p for p in pages if p[1] in failed_pfns]
+            if groups and groups[-1][0] == anon and groups[-1][1] is mapping:
+                groups[-1][2].extend(pages)
+            else:
+                groups.append((anon, mapping, list(pages)))
+        freed = 0
+        for anon, mapping, pages in groups:
+            if not failed_pfns:
+                ok, bad = pages, []
+            else:
+                ok = [p for p in pages if p[1] not in failed_pfns]
+                bad = [p for p in pages if p[1] in failed_pfns]
             for index, _ in bad:
                 mapping.writeout_failed(index)
             if bad:  # a write error leaves the page in memory, dirty (end_swap_bio_write)
