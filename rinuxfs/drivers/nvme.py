@@ -52,9 +52,11 @@ Contract:
 from __future__ import annotations
 
 import errno
+import operator
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from rinuxfs.block.bio import SECTOR_SHIFT, ReqOp, Request
 from rinuxfs.block.errors import BlkError, BlkStatus
@@ -581,15 +583,12 @@ class NvmeDriver:
 
     def _map_prps(self, q: _Queue, segments: list[tuple[int, int]]) -> tuple[int, int]:
         """PRP1 and PRP2 (an address or a PRP list) for data in `segments` (nvme_pci_setup_prps)."""
-        pages: list[int] = []
-        for i, (addr, length) in enumerate(segments):
-            end = addr + length
-            if i and addr & (PAGE_SIZE - 1):
-                raise KernelError(errno.EIO, f"{self.name}: a segment inside a request does not start on a page")
-            if i < len(segments) - 1 and end & (PAGE_SIZE - 1):
-                raise KernelError(errno.EIO, f"{self.name}: a segment inside a request does not end on a page")
-            pages.extend(range(addr & ~(PAGE_SIZE - 1), end, PAGE_SIZE))
-        pages[0] = segments[0][0]
+        addrs = [addr for addr, _ in segments]
+        if [length for _, length in segments].count(PAGE_SIZE) == len(segments) \
+                and not any(map(operator.and_, addrs, repeat(PAGE_SIZE - 1))):
+            pages = addrs  # whole pages each (swap writes of scattered frames): checked in C, one entry each
+        else:
+            pages = self._segment_pages(segments)
         if len(pages) == 1:
             return pages[0], 0
         if len(pages) == 2:
@@ -599,6 +598,19 @@ class NvmeDriver:
         rest = pages[1:]
         self.mm.ram.view[q.prp_list : q.prp_list + 8 * len(rest)] = struct.pack(f"<{len(rest)}Q", *rest)
         return pages[0], q.prp_list
+
+    def _segment_pages(self, segments: list[tuple[int, int]]) -> list[int]:
+        """The PRP entries of any segments: the first one's address, then every page boundary crossed."""
+        pages: list[int] = []
+        for i, (addr, length) in enumerate(segments):
+            end = addr + length
+            if i and addr & (PAGE_SIZE - 1):
+                raise KernelError(errno.EIO, f"{self.name}: a segment inside a request does not start on a page")
+            if i < len(segments) - 1 and end & (PAGE_SIZE - 1):
+                raise KernelError(errno.EIO, f"{self.name}: a segment inside a request does not end on a page")
+            pages.extend(range(addr & ~(PAGE_SIZE - 1), end, PAGE_SIZE))
+        pages[0] = segments[0][0]
+        return pages
 
     def _submit(self, q: _Queue, opcode: int, nsid: int, prp1: int, prp2: int,
                 cdw: tuple[int, int, int, int, int, int]) -> tuple[int, int]:

@@ -77,6 +77,7 @@ The medium's faults, and the controller's (what a test bench does to a real driv
 
 from __future__ import annotations
 
+import operator
 import os
 import struct
 import time
@@ -85,6 +86,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from itertools import repeat
 from typing import NamedTuple
 
 from construct import Array, Container, Struct
@@ -1183,21 +1185,19 @@ class NvmeController:
                 pages = [prp2]
             else:
                 pages = self._read_prp_list(prp2, -(-rest // page))
-            end = prp1 + first
-            last = len(pages) - 1
-            if pages[0] == end and pages == list(range(end, end + len(pages) * page, page)):
-                pages = []  # every page follows the one before: one buffer (compared in C, not entry by entry)
-                lengths[-1] += rest
-            for i, entry in enumerate(pages):
-                if entry & mask:
-                    raise _CommandFailed(Status.INVALID_PRP_OFFSET)
-                take = page if i < last else rest - last * page
-                if entry == end:
-                    lengths[-1] += take
-                else:
-                    starts.append(entry)
-                    lengths.append(take)
-                end = entry + take
+            if any(map(operator.and_, pages, repeat(mask))):
+                raise _CommandFailed(Status.INVALID_PRP_OFFSET)
+            # A buffer per run of entries that follow each other; where the runs break is found by
+            # comparing each entry with the end of the one before, in C (a request has up to 512).
+            n = len(pages)
+            tail = page - (rest - (n - 1) * page)  # what the last entry does not use of its page
+            prev_ends = [prp1 + first, *map(operator.add, pages[:-1], repeat(page))]
+            bounds = [i for i, same in enumerate(map(operator.eq, pages, prev_ends)) if not same]
+            bounds.append(n)
+            lengths[0] += bounds[0] * page - (tail if bounds[0] == n else 0)
+            for a, b in zip(bounds, bounds[1:], strict=False):
+                starts.append(pages[a])
+                lengths.append((b - a) * page - (tail if b == n else 0))
         ram_size = self._ram.size
         view = self._view
         buffers = []

@@ -28,7 +28,9 @@ and sit on the anon LRU, so /proc/meminfo follows page ownership without a secon
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
+from itertools import compress, repeat
 from typing import Protocol
 
 from rinuxfs.errors import KernelError
@@ -256,16 +258,15 @@ class AddressSpace:
         if not indexes:
             return
         mm = self.mm
-        entries: list[SwapEntry] = [self.pages[i] for i in indexes]  # type: ignore[misc]
+        entries: list[SwapEntry] = list(map(self.pages.__getitem__, indexes))  # type: ignore[arg-type]
         pfns = mm.swap_cache.swapin(entries)
-        for index, pfn in zip(indexes, pfns, strict=True):
-            self.pages[index] = pfn
+        self.pages.update(zip(indexes, pfns, strict=True))
         self.nr_swapped -= len(indexes)
         mm.account(self.account_items, pfns)
         mm.memmap.set_owner(pfns, self.mapping_id, indexes)
         mm.charges.from_swap(list(entries), pfns)
         mm.swap.swap_free(entries)
-        shadows = [self.shadows.pop(i, None) for i in indexes] if self.shadows else None
+        shadows = list(map(self.shadows.pop, indexes, repeat(None, len(indexes)))) if self.shadows else None
         mm.lru_add(pfns, anon=True, shadows=shadows)
 
     # --- truncate and release ------------------------------------------------------------
@@ -330,8 +331,9 @@ class AddressSpace:
     def pageout(self, pages: list[tuple[int, int]], plug: SwapPlug) -> list[bool]:
         """shmem_writeout for a batch: a slot for each page, its write queued on the reclaim pass's plug."""
         mm = self.mm
-        get = self.pages.get
-        candidates = [(i, pfn) for i, pfn in pages if get(i) == pfn]
+        # Still the page reclaim isolated (not truncated or replaced since): compared in C.
+        now = map(self.pages.get, [i for i, _ in pages])
+        candidates = list(compress(pages, map(operator.eq, now, [pfn for _, pfn in pages])))
         if self.locks:
             candidates = [(i, pfn) for i, pfn in candidates if not self.locks.locked(i)]
         if self.huge:
@@ -354,15 +356,13 @@ class AddressSpace:
 
     def drop(self, pages: list[tuple[int, int, int]]) -> None:
         mm = self.mm
-        pfns = [pfn for _, pfn, _ in pages]
-        entries = []
+        # Whole batches by C-level maps and dict updates: reclaim drops hundreds of pages at a time.
+        indexes, pfns, shadows = (list(column) for column in zip(*pages, strict=True)) if pages else ([], [], [])
+        entries = list(map(self._pending.pop, indexes))  # type: ignore[union-attr]
         if self.shadows is None:
             self.shadows = {}
-        for index, _pfn, shadow in pages:
-            entry = self._pending.pop(index)  # type: ignore[union-attr]
-            self.pages[index] = entry
-            self.shadows[index] = shadow
-            entries.append(entry)
+        self.pages.update(zip(indexes, entries, strict=True))
+        self.shadows.update(zip(indexes, shadows, strict=True))
         self.nr_swapped += len(pages)
         mm.account(self.account_items, pfns, -1)
         mm.charges.to_swap(pfns, entries)

@@ -151,11 +151,22 @@ class MemMap:
 
     def set_memcg(self, pfns: list[int], charged: int) -> None:
         """Whom a page is charged to (page->memcg_data; here the pid of the task that allocated it)."""
+        n = len(pfns)
+        if n > 1 and pfns[-1] - pfns[0] == n - 1 and pfns == list(range(pfns[0], pfns[0] + n)):
+            for sec, slot, count in _pieces(pfns[0], n):  # consecutive frames: a slice per section
+                self.sections[sec].memcg[slot : slot + count] = array("I", [charged]) * count
+            return
         for pfn in pfns:
             self.sections[pfn >> SECTION_SHIFT].memcg[pfn & _MASK] = charged
 
     def memcg(self, pfns: list[int]) -> list[int]:
         sections = self.sections
+        n = len(pfns)
+        if n > 1 and pfns[-1] - pfns[0] == n - 1 and pfns == list(range(pfns[0], pfns[0] + n)):
+            out: list[int] = []
+            for sec, slot, count in _pieces(pfns[0], n):
+                out += sections[sec].memcg[slot : slot + count]
+            return out
         return [sections[pfn >> SECTION_SHIFT].memcg[pfn & _MASK] for pfn in pfns]
 
     def owners(self, pfns: list[int]) -> list[tuple[int, int]]:

@@ -55,9 +55,12 @@ class SwapCache:
 
     def swapin(self, entries: list[SwapEntry]) -> list[int]:
         mm = self.mm
-        cached = [e for e in entries if e in self.pages]
+        if self.pages:
+            cached = [e for e in entries if e in self.pages]
+            wanted = [e for e in entries if e not in self.pages]
+        else:  # an empty swap cache (readahead found nothing to add lately): all of them are read
+            cached, wanted = [], entries
         mm.events["swap_ra_hit"] += len(cached)
-        wanted = [e for e in entries if e not in self.pages]
         ahead = self._readahead_window(wanted, set(entries))
         if wanted or ahead:
             fresh = mm.alloc_pages(len(wanted) + len(ahead))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from fuzzing.nvme import CC_LINUX, PAGE, Host, NvmeCase, cases, check_nvme
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rinuxfs.hw.nvme import AdminOpcode, Status
 
@@ -70,3 +71,48 @@ def test_the_consistency_rules_see_a_broken_state(host: Host) -> None:
     errors = ctrl.consistency_errors()
     assert any("SQ 1 is out of shape" in e for e in errors) and any("not attached" in e for e in errors)
     assert any("reserved bits or values" in e for e in errors)
+
+
+
+def _prp_buffers_by_the_book(prp1: int, entries: list[int], length: int) -> list[tuple[int, int]]:
+    """§4.3 one entry at a time: PRP1's page, then each entry's page, a buffer per physically contiguous run."""
+    first = min(length, PAGE - prp1 % PAGE)
+    runs = [[prp1, first]]
+    rest = length - first
+    for i, entry in enumerate(entries):
+        take = PAGE if i < len(entries) - 1 else rest - (len(entries) - 1) * PAGE
+        if entry == runs[-1][0] + runs[-1][1]:
+            runs[-1][1] += take
+        else:
+            runs.append([entry, take])
+    return [(start, n) for start, n in runs]
+
+
+@pytest.fixture(scope="module")
+def big_host(workdir: Path) -> Iterator[Host]:
+    h = Host(NvmeCase("faults", 256 * PAGE, 1 << 20, mdts=0), workdir)
+    for page in range(1, 256):  # every page tells where it is: a buffer over the wrong bytes shows
+        h.poke(page * PAGE, page.to_bytes(2, "little") * (PAGE // 2))
+    yield h
+    h.close()
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(offset4=st.integers(0, PAGE // 4 - 1), slots=st.lists(st.integers(1, 40), min_size=2, max_size=40),
+       last=st.integers(1, PAGE))
+def test_prp_entries_map_to_one_buffer_per_contiguous_run(offset4: int, slots: list[int], last: int,
+                                                          big_host: Host) -> None:
+    """Whatever mix of consecutive and scattered pages a PRP list names, the model moves data
+    through one buffer per contiguous run of them, the last entry cut at the length."""
+    pages = [slot * PAGE for slot in slots]  # pages 1..40; the PRP list lives above them
+    big_host._next_page = 64
+    prp1 = pages[0] + offset4 * 4
+    length = (PAGE - offset4 * 4) + (len(pages) - 2) * PAGE + last
+    entries = pages[1:]
+    prp2 = entries[0] if len(entries) == 1 else big_host.prp_list(entries)
+    buffers = big_host.ctrl._map_prp(prp1, prp2, length)
+    book = _prp_buffers_by_the_book(prp1, entries, length)
+    assert [len(b) for b in buffers] == [n for _, n in book]
+    ram = big_host.ctrl._view
+    assert [bytes(b) for b in buffers] == [bytes(ram[start:start + n]) for start, n in book]
