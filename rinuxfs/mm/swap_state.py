@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import operator
 import time
+from collections import Counter
 from itertools import repeat
 from typing import TYPE_CHECKING
 
 from rinuxfs.mm.page_io import swap_readpages
-from rinuxfs.mm.swapfile import SWAP_HAS_CACHE, SWAP_MAP_BAD, SwapEntry
+from rinuxfs.mm.swapfile import SWAP_HAS_CACHE, SWAP_MAP_BAD, SwapEntry, SwapInfo
 
 _TYPE, _OFFSET = operator.itemgetter(0), operator.itemgetter(1)
 
@@ -92,28 +93,35 @@ class SwapCache:
         if cluster <= 1 or not wanted:
             return []
         ahead: dict[SwapEntry, None] = {}
+        window_of = repeat(~(cluster - 1))
         types, asked_types = set(map(_TYPE, wanted)), set(map(_TYPE, asked))
-        windows: list[tuple[int, int]] = []
-        asked_offsets: dict[int, set[int]] = {}
         for area_type in sorted(types):
-            # Per area, with C-level maps: a request brings hundreds of entries.
-            mine = wanted if len(types) == 1 else [e for e in wanted if e.type == area_type]
-            starts = set(map(operator.and_, map(_OFFSET, mine), repeat(~(cluster - 1))))
-            windows += [(area_type, start) for start in sorted(starts)]
-            asked_offsets[area_type] = set(map(_OFFSET, asked if len(types) == len(asked_types) == 1 else
-                                               [e for e in asked if e.type == area_type]))
-        for area_type, start in windows:
             area = self.mm.swap.areas[area_type]
             assert area is not None
-            # A request for whole windows (a sequential read) leaves nothing to read ahead.
-            for off in sorted(set(range(start, min(start + cluster, area.maxpages))) - asked_offsets[area_type]):
-                cand = SwapEntry(area_type, off)
-                if cand in self.pages:
-                    continue
-                count = area.count(off)
-                if count and count != SWAP_MAP_BAD and not count & SWAP_HAS_CACHE:
-                    ahead[cand] = None
+            # Per area, with C-level maps and counts: a request brings hundreds of entries, and a
+            # window it asks for whole (a sequential read) has nothing to read ahead.
+            mine = wanted if len(types) == 1 else [e for e in wanted if e.type == area_type]
+            offsets = list(map(_OFFSET, asked if len(types) == len(asked_types) == 1 else
+                               [e for e in asked if e.type == area_type]))
+            covered = Counter(map(operator.and_, offsets, window_of))
+            starts = set(map(operator.and_, map(_OFFSET, mine), window_of))
+            open_windows = [start for start in sorted(starts)
+                            if covered[start] < min(start + cluster, area.maxpages) - start]
+            taken = set(offsets) if open_windows else set()
+            for start in open_windows:
+                self._window(area_type, area, start, cluster, taken, ahead)
         return list(ahead)
+
+    def _window(self, area_type: int, area: SwapInfo, start: int, cluster: int, asked: set[int],
+                ahead: dict[SwapEntry, None]) -> None:
+        """The slots of one readahead window worth reading: in use, not asked for, not cached."""
+        for off in sorted(set(range(start, min(start + cluster, area.maxpages))) - asked):
+            cand = SwapEntry(area_type, off)
+            if cand in self.pages:
+                continue
+            count = area.count(off)
+            if count and count != SWAP_MAP_BAD and not count & SWAP_HAS_CACHE:
+                ahead[cand] = None
 
     def _insert(self, entries: list[SwapEntry], pfns: list[int]) -> None:
         mm = self.mm

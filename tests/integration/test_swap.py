@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import re
 import shutil
@@ -411,3 +412,43 @@ def test_top_shows_the_swap(swapped: tuple[Mounted, bytes, Path]) -> None:
     assert row, out
     assert float(row.group(1)) == round(info["SwapTotal"] / 1024, 1)
     assert float(row.group(3)) == round((info["SwapTotal"] - info["SwapFree"]) / 1024, 1)
+
+
+
+def test_swap_readahead_reads_the_page_cluster_window(own_image: Path, tmp_path: Path) -> None:
+    """A 4 KiB read of a swapped page brings the other in-use slots of its aligned 2^page-cluster
+    window into the swap cache (swap_ra, SwapCached); reading their pages then costs no I/O
+    (swap_ra_hit); with page-cluster 0 only the page asked for is read."""
+    with mount(own_image, tmp_path / "mnt", "--mem", MEM, "--tmpfs-size", "512M") as m:
+        path = m.path / "tmp" / "out"
+        blocks = [os.urandom(MIB) for _ in range(160)]
+        with open(path, "wb") as f:
+            for block in blocks:
+                f.write(block)
+        vm = m.path / "proc" / "sys" / "vm"
+        assert (vm / "page-cluster").read_text() == "3\n"
+        page = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT wants: every pread reaches the daemon
+
+        def read_page(offset: int) -> bytes:
+            assert os.preadv(fd, [page], offset) == 4096
+            return page[:]
+
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            before = vmstat(m.path)
+            assert read_page(0) == blocks[0][:4096]  # the file's start went to swap first
+            after = vmstat(m.path)
+            ahead = after["swap_ra"] - before["swap_ra"]
+            assert 1 <= ahead <= 7 and after["pswpin"] - before["pswpin"] == 1 + ahead
+            assert meminfo(m.path)["SwapCached"] > 0
+            for k in (1, 2, 3):  # the pages written next went to the slots next to it
+                assert read_page(k * 4096) == blocks[0][k * 4096:(k + 1) * 4096]
+            hit = vmstat(m.path)
+            assert hit["swap_ra_hit"] - after["swap_ra_hit"] == 3 and hit["pswpin"] == after["pswpin"]
+            (vm / "page-cluster").write_text("0\n")
+            assert read_page(64 * MIB) == blocks[64][:4096]
+            last = vmstat(m.path)
+            assert last["swap_ra"] == hit["swap_ra"] and last["pswpin"] - hit["pswpin"] == 1
+        finally:
+            os.close(fd)
+            page.close()
