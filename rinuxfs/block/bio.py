@@ -78,8 +78,7 @@ class Request:
     nr_sectors: int
     segments: list[Segment]
     bios: list[Bio]
-    fua: bool = False
-    flags: int = 0
+    flags: int = 0  # the first bio's REQ_* bits, REQ_FUA for a bio with fua
     start_ns: int = field(default_factory=time.monotonic_ns)
     retries: int = 0  # times the driver requeued it (nvme_req(rq)->retries, scmd->retries)
     waited_ns: int = 0  # simulated time it spent in timeouts, which the clock skipped (see block/queue.py)
@@ -89,7 +88,12 @@ class Request:
         flags = bio.flags | (REQ_FUA if bio.fua else 0)
         if flags & REQ_RAHEAD:  # blk_mq_bio_to_request: readahead is failfast, never retried by the driver
             flags |= REQ_FAILFAST_MASK
-        return cls(bio.op, bio.sector, bio.nr_sectors, list(bio.segments), [bio], bio.fua, flags)
+        return cls(bio.op, bio.sector, bio.nr_sectors, list(bio.segments), [bio], flags)
+
+    @property
+    def fua(self) -> bool:
+        """Force Unit Access: REQ_FUA in the flags."""
+        return bool(self.flags & REQ_FUA)
 
     @property
     def failfast(self) -> bool:

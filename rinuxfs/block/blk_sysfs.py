@@ -19,7 +19,7 @@ from collections.abc import Callable
 from rinuxfs.block.queue import SCHEDULERS, RequestQueue
 from rinuxfs.drivers.base.kobject import Kobject
 from rinuxfs.errors import KernelError
-from rinuxfs.lib.kstrtox import U32_MAX, kstrtoint, kstrtoll, kstrtoull
+from rinuxfs.lib.kstrtox import kstrtoint, kstrtoll, kstrtouint
 
 QShow = Callable[[RequestQueue], object]
 QStore = Callable[[RequestQueue, str], None]
@@ -31,20 +31,17 @@ def queue_var_store(text: str) -> int:
     "0x10" is not a number in base 10, and an overflow is EINVAL here, not ERANGE.
     """
     try:
-        value = kstrtoull(text, 10)
+        return kstrtouint(text, 10)
     except KernelError:
-        value = U32_MAX + 1
-    if value > U32_MAX:
-        raise KernelError(errno.EINVAL, f"not a number for a queue attribute: {text!r}")
-    return value
+        raise KernelError(errno.EINVAL, f"not a number for a queue attribute: {text!r}") from None
 
 
 def _store_io_timeout(q: RequestQueue, text: str) -> None:
     try:
-        msecs = kstrtoull(text, 10)
+        msecs = kstrtouint(text, 10)  # kstrtou32
     except KernelError:
-        msecs = 0
-    q.set_io_timeout(msecs if msecs <= U32_MAX else 0)  # 0 and anything kstrtou32 refuses: EINVAL
+        msecs = 0  # anything kstrtou32 refuses is EINVAL, as 0 is
+    q.set_io_timeout(msecs)
 
 
 def _store_poll(q: RequestQueue, text: str) -> None:

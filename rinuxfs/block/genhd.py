@@ -38,13 +38,14 @@ from dataclasses import dataclass, field
 from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp
 from rinuxfs.block.disk_attrs import register_disk, register_partition, unregister_disk
 from rinuxfs.block.errors import BlkError, BlkStatus
-from rinuxfs.block.queue import KERN_INFO, BlockEnv, RequestQueue
+from rinuxfs.block.queue import BlockEnv, RequestQueue
 from rinuxfs.block.stats import IoStats
 from rinuxfs.drivers.base.core import DriverCore
 from rinuxfs.drivers.base.device import Device
 from rinuxfs.drivers.base.kobject import Kobject
 from rinuxfs.errors import KernelError
 from rinuxfs.lib.badblocks import BadBlocks
+from rinuxfs.printk import KERN_INFO
 
 SCSI_DISK0_MAJOR = 8
 BLOCK_EXT_MAJOR = 259
@@ -89,7 +90,7 @@ class BlockDevice:
         failed: BlkError | None = None
         live: list[Bio] = []
         for bio in bios:
-            if self._should_fail_request(disk.whole, bio):
+            if disk.whole.make_it_fail and self._should_fail_request(bio):  # should_fail_bio
                 failed = bio.error = failed or self._injected()
                 continue
             if bio.op.has_data or bio.op in (ReqOp.DISCARD, ReqOp.WRITE_ZEROES):
@@ -98,7 +99,7 @@ class BlockDevice:
             # bio_check_ro: an empty FLUSH is not a write, so fsync works on a read-only device.
             if bio.op != ReqOp.READ and bio.op != ReqOp.FLUSH and (self.read_only or disk.read_only):
                 raise KernelError(errno.EROFS, f"{self.name} is read-only")
-            if self.is_partition and self._should_fail_request(self, bio):  # blk_partition_remap
+            if self.make_it_fail and self.is_partition and self._should_fail_request(bio):  # blk_partition_remap
                 failed = bio.error = failed or self._injected()
                 continue
             bio.sector += self.start_sect
@@ -109,11 +110,10 @@ class BlockDevice:
         if failed is not None:
             raise failed
 
-    @staticmethod
-    def _should_fail_request(part: BlockDevice, bio: Bio) -> bool:
-        """should_fail_request: the device's make-it-fail, then fail_make_request for the bio's bytes."""
-        attr = part.disk.queue.env.fail_make_request
-        return part.make_it_fail and attr is not None and attr.should_fail(
+    def _should_fail_request(self, bio: Bio) -> bool:
+        """should_fail_request for a device whose make-it-fail is set (the callers test it): fail_make_request."""
+        attr = self.disk.queue.env.fail_make_request
+        return attr is not None and attr.should_fail(
             bio.nr_sectors << SECTOR_SHIFT, stack=("should_fail_bio", "submit_bio_noacct", "submit_bio"))
 
     def _injected(self) -> BlkError:
@@ -145,17 +145,6 @@ class Gendisk:
     def __post_init__(self) -> None:
         self.whole = BlockDevice(self, 0, self.name, (self.major, self.first_minor), 0, self.nr_sects)
         self.queue.disk = self
-
-    def set_capacity_and_notify(self, nr_sects: int) -> str | None:
-        """A new size for the whole disk (a rescan found one); the log line set_capacity_and_notify prints, or None.
-
-        Partitions keep their extents, as in Linux: only a new partition scan changes them.
-        """
-        if nr_sects == self.nr_sects:
-            return None
-        line = f"{self.name}: detected capacity change from {self.nr_sects} to {nr_sects}"
-        self.nr_sects = self.whole.nr_sects = nr_sects
-        return line
 
     def partition_name(self, partno: int) -> str:
         sep = "p" if self.name[-1].isdigit() else ""
@@ -240,7 +229,10 @@ class BlockRegistry:
         self._release_numbers(disk)
 
     def set_capacity_and_notify(self, disk: Gendisk, nr_sects: int) -> None:
-        """The disk's new size, and the line Linux prints when a live disk's size changes."""
+        """The disk's new size, and the line Linux prints when a live disk's size changes.
+
+        Partitions keep their extents, as in Linux: only a new partition scan changes them.
+        """
         old = disk.nr_sects
         disk.nr_sects = disk.whole.nr_sects = nr_sects
         if nr_sects != old and disk in self.disks:

@@ -11,12 +11,13 @@ Contract:
   So `submit` returns with every bio done. Each request ends on its own: a
   failed one marks its bios (`bio.error`, bi_status) and the others still
   run; then the first failure is raised, as KernelError with the errno the
-  driver mapped (a BlkError, whose blk_print_req_error line is printed here,
-  ratelimited, unless the request was quiet or the disk is dead).
+  driver mapped (a BlkError, whose blk_print_req_error line, named after its
+  status by BLK_ERRORS, is printed here through `env.printk`, ratelimited,
+  unless the request was quiet or the disk is dead).
 - A driver's timeout handling accounts the time it would have waited in
   `req.waited_ns` (the simulated clock skips it, see the drivers); the
   statistics count it as the request's time, as Linux's would.
-- Fault injection (block/fault_inject.py): `fail_io` is QUEUE_FLAG_FAIL_IO
+- Fault injection (lib/fault_inject.py): `fail_io` is QUEUE_FLAG_FAIL_IO
   (sysfs io-timeout-fail), and `should_fake_timeout()` is what drivers ask
   at completion time (blk_should_fake_timeout).
 - Every request is accounted on the whole disk and on the partition of its
@@ -27,8 +28,6 @@ Contract:
   accounting and `nomerges` 2 stops merging, as in Linux; the others are kept
   for what reads them (`rq_timeout` is the request timeout the driver's
   timeout handling uses, in jiffies of HZ ticks per second).
-- A failed request is reported in the kernel log (`log`, set once the disk is
-  registered) with blk_print_req_error's line, named after its errno.
 """
 
 from __future__ import annotations
@@ -43,7 +42,9 @@ from rinuxfs.block.bio import SECTOR_SHIFT, Bio, ReqOp, Request
 from rinuxfs.block.errors import BLK_ERRORS, BlkError
 from rinuxfs.errors import KernelError
 from rinuxfs.lib.fault_inject import FaultAttr
+from rinuxfs.lib.kstrtox import U32_MAX, U64_MAX
 from rinuxfs.lib.ratelimit import DEFAULT_RATELIMIT_BURST, DEFAULT_RATELIMIT_SECONDS, RateLimit
+from rinuxfs.printk import KERN_ERR, KERN_WARNING
 
 if TYPE_CHECKING:
     from rinuxfs.block.genhd import BlockDevice, Gendisk
@@ -54,10 +55,7 @@ BLKDEV_DEFAULT_RQ = 128
 MAX_SCHED_RQ = 16 * BLKDEV_DEFAULT_RQ  # block/blk-mq-sched.h
 HZ = 100  # the simulated kernel's tick rate (sched.USER_HZ): what rq_timeout counts in
 DEFAULT_RQ_TIMEOUT = 30 * HZ  # NVME_IO_TIMEOUT and SD_TIMEOUT: 30 s
-U32_MAX = (1 << 32) - 1
-U64_MAX = (1 << 64) - 1
 IOPRIO_CLASS_BE = 2  # what a task without an I/O priority gets from its nice value
-KERN_ERR, KERN_WARNING, KERN_INFO = 3, 4, 6
 
 
 def _no_log(level: int, text: str) -> None:
@@ -74,15 +72,6 @@ class BlockEnv:
     fail_io_timeout: FaultAttr | None = None
     req_error_rl: RateLimit = field(
         default_factory=lambda: RateLimit(DEFAULT_RATELIMIT_SECONDS * HZ, DEFAULT_RATELIMIT_BURST))
-
-# blk_errors[] (block/blk-core.c): the name of a status, by the errno it maps to
-_ERROR_NAMES = {
-    errno.EOPNOTSUPP: "operation not supported", errno.ETIMEDOUT: "timeout",
-    errno.ENOSPC: "critical space allocation", errno.ENOLINK: "recoverable transport",
-    errno.EREMOTEIO: "critical target", errno.ENODATA: "critical medium", errno.EILSEQ: "protection",
-    errno.ENOMEM: "kernel resource", errno.EIO: "I/O", errno.EBUSY: "device resource", errno.ENODEV: "device offline",
-}
-REQ_FUA = 0x20000  # the one request flag modelled; the others (SYNC, RAHEAD, …) print as 0
 
 
 class BlockDriver(Protocol):

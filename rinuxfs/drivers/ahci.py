@@ -31,8 +31,9 @@ Contract
   sd_completed_bytes completes what lies before it). AtaError's constructor is the one place
   where ATA status and error become an errno.
 - SCSI counters as scsi_sysfs shows them: iorequest_cnt and iodone_cnt count each dispatch and
-  completion, ioerr_cnt each completion with an error, iotmo_cnt each command libata's EH took
-  (it aborts them through scsi_timeout) and each real timeout.
+  completion (one counter: execution is synchronous, so every dispatch has completed when
+  `execute` returns or raises), ioerr_cnt each completion with an error, iotmo_cnt each command
+  libata's EH took (it aborts them through scsi_timeout) and each real timeout.
 - fail_io_timeout (blk_should_fake_timeout at scsi_done): the completion is dropped; SCSI EH
   runs after the queue's io_timeout, finds no command in libata and completes it as done
   ("normal completion occurred after SCSI timeout"): no log line, the time on the clock.
@@ -393,7 +394,7 @@ class AhciDriver:
         """The SCSI scan of 0:0:0:0 and sd_probe: the SCSI device, then its disk (whose partitions are read)."""
         registry, ident = self.registry, self.identity
         assert registry is not None and ident is not None
-        self.counts["requests"] = self.counts["done"] = self.errors = self.timeouts = 0  # a new scsi_device's
+        self.counts["requests"] = self.errors = self.timeouts = 0  # a new scsi_device's
         disk = self._gendisk(registry, ident)
         registry.add_disk(disk, self._register_scsi_device())
         return disk
@@ -418,11 +419,6 @@ class AhciDriver:
             first = self.mem >> PAGE_SHIFT
             self.mm.free_pages(list(range(first, first + PORT_MEM_PAGES)))
             self.mem = 0
-
-    def unregister_devices(self, registry: BlockRegistry) -> None:
-        """The disk, then every device probe registered, children first, leave the tree (and /sys)."""
-        self.registry = registry
-        self.remove()
 
     def _reset_controller(self) -> None:
         """ahci_reset_controller: AHCI mode first (HR is AHCI-specific), then HR until it reads 0."""
@@ -645,7 +641,6 @@ class AhciDriver:
             try:
                 self._dispatch(req, ident)
             except AtaError as e:
-                self.counts["done"] += 1
                 self.errors += 1  # ioerr_cnt: a completion with a nonzero result
                 if e.retry and not req.failfast and req.retries < SD_MAX_RETRIES and not self.link_down:
                     req.retries += 1  # scsi_eh_flush_done_q: the command goes back to the queue
@@ -653,10 +648,8 @@ class AhciDriver:
                 self._sd_failed(req, e)
                 raise
             except KernelError:
-                self.counts["done"] += 1
                 self.errors += 1
                 raise
-            self.counts["done"] += 1  # iodone_cnt
             if self.disk is not None and self.disk.queue.should_fake_timeout():
                 self._scsi_timeout(req)
             return
@@ -1027,10 +1020,14 @@ class AhciDriver:
         suffix = " frozen" if frozen else ""
         self.log.err(f"{dev}: exception Emask {emask:#x} SAct {sact:#x} SErr {serr:#x} action {action:#x}{suffix}")
         self.log.err(f"{dev}: {', '.join(desc)}")
+        self._report_serror(f"ata{self.ata_port}", serr)
+        self._report_command(failure)
+
+    def _report_serror(self, link: str, serr: int) -> None:
+        """ata_eh_link_report's SError line, its bits by name; nothing when SError is clear."""
         if serr:
             names = "".join(f" {name}" for bit, name in _SERROR_NAMES if serr >> bit & 1)
-            self.log.err(f"ata{self.ata_port}: SError: {{{names} }}")
-        self._report_command(failure)
+            self.log.err(f"{link}: SError: {{{names} }}")
 
     def _report_command(self, f: _Failure) -> None:
         """The failed command's lines: its taskfile, the result taskfile, status and error decoded."""
@@ -1107,9 +1104,7 @@ class AhciDriver:
         self.log.err(f"{link}: exception Emask {AC_ERR_ATA_BUS:#x} SAct 0x0 SErr {serr:#x} action {action:#x} frozen")
         what = "connection status changed" if irq_stat & L.PxIS_PCS else "PHY RDY changed"
         self.log.err(f"{link}: irq_stat {irq_stat:#010x}, {what}")
-        if serr:
-            names = "".join(f" {name}" for bit, name in _SERROR_NAMES if serr >> bit & 1)
-            self.log.err(f"{link}: SError: {{{names} }}")
+        self._report_serror(link, serr)
         up = self._port_recover(reset=True)
         if not up:
             self.link_down = True
@@ -1322,7 +1317,7 @@ class AhciDriver:
             sdev.add_attr(name, const(value + "\n"))
         sdev.add_attr("timeout", self._timeout_seconds)  # sdev_show_timeout: the queue's rq_timeout / HZ
         sdev.add_attr("iorequest_cnt", lambda: f"{self.counts['requests']:#x}\n")
-        sdev.add_attr("iodone_cnt", lambda: f"{self.counts['done']:#x}\n")
+        sdev.add_attr("iodone_cnt", lambda: f"{self.counts['requests']:#x}\n")  # each dispatch has completed
         sdev.add_attr("ioerr_cnt", lambda: f"{self.errors:#x}\n")
         sdev.add_attr("iotmo_cnt", lambda: f"{self.timeouts:#x}\n")
         sdev.add_attr("delete", write_only, self._store_delete, mode=0o200)

@@ -61,7 +61,7 @@ from itertools import repeat
 from rinuxfs.block.bio import SECTOR_SHIFT, ReqOp, Request
 from rinuxfs.block.errors import BlkError, BlkStatus
 from rinuxfs.block.genhd import BLOCK_EXT_MAJOR, BlockRegistry, Gendisk
-from rinuxfs.block.queue import U32_MAX, QueueLimits, RequestQueue
+from rinuxfs.block.queue import QueueLimits, RequestQueue
 from rinuxfs.drivers.base import (
     DebugfsDir,
     Device,
@@ -97,6 +97,7 @@ from rinuxfs.hw.nvme import (
 from rinuxfs.hw.nvme_layouts import CQE_SIZE, CQE_STRUCT, SQE_SIZE, SQE_STRUCT, IdentifyController, IdentifyNamespace
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
 from rinuxfs.lib.fault_inject import FaultAttr, FaultEnv, debugfs_bool, debugfs_x16
+from rinuxfs.lib.kstrtox import U32_MAX
 from rinuxfs.lib.ratelimit import DEFAULT_RATELIMIT_BURST, DEFAULT_RATELIMIT_SECONDS, RateLimit
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.printk import KernelLog
@@ -115,7 +116,6 @@ NVME_ADMIN_TIMEOUT = 60.0  # seconds (nvme_core.admin_timeout)
 STATUS_HOST_ABORTED = 0x371  # NVME_SC_HOST_ABORTED_CMD: what nvme_cancel_request completes a request with
 PCI_STATUS_CAP_LIST = 0x0010  # the config space status word of the function: a capabilities list
 ALL_ONES = 0xFFFFFFFF  # a register read of a device that is gone
-KERN_ERR, KERN_WARNING, KERN_INFO = 3, 4, 6
 
 # nvme_error_status (core.c): the status field (SCT|SC) -> blk_status_t
 _BLK_STATUS = {
@@ -253,7 +253,6 @@ class NvmeDriver:
         self.read_only = False
         self.next_cpu = 0
         self.max_retries = NVME_MAX_RETRIES
-        self.resets = 0
         self.removed = False
         env = fault_env or FaultEnv(log.printk)
         self.ns_fault = NvmeFaultInject(FaultAttr("fault_inject", env))
@@ -302,7 +301,7 @@ class NvmeDriver:
         if self.removed:
             return
         self.removed = True
-        if self.ctrl.mmio_read(Reg.CSTS, 4) == ALL_ONES:
+        if self._csts() == ALL_ONES:
             self.state = "dead"
         elif self.state == "live":
             self.state = "deleting"
@@ -320,11 +319,6 @@ class NvmeDriver:
         self._release_resources()
         if self.registry is not None:
             self.registry.release_nvme_instance(self.instance)
-
-    def unregister_devices(self, registry: BlockRegistry) -> None:
-        """The disk, then the controller leave the tree (and /sys); the PCI function is the bus's."""
-        self.registry = registry
-        self.remove()
 
     def _shutdown(self) -> None:
         """nvme_dev_disable(shutdown): CC.SHN = normal shutdown, so the controller flushes its cache."""
@@ -642,8 +636,11 @@ class NvmeDriver:
                 q.cq_head = 0
                 q.phase ^= 1
             moved = True
-            status = (self.ns_fault if q.qid else self.ctrl_fault).should_fail(raw >> 1)
-            if q.qid and disk is not None and disk.queue.should_fake_timeout():
+            status = raw >> 1
+            fault = self.ns_fault if q.qid else self.ctrl_fault
+            if fault.attr.probability:  # should_fail's first test in interrupt context: nothing to do at 0
+                status = fault.should_fail(status)
+            if q.qid and disk is not None and disk.queue.fail_io and disk.queue.should_fake_timeout():
                 continue  # the device did the work; the host never learns: the request stays in flight
             q.done[cid] = (status, dw0)
         if moved:
@@ -746,7 +743,6 @@ class NvmeDriver:
         """nvme_reset_ctrl_sync: disable, then nvme_reset_work; False if the controller is dead afterwards."""
         if self.state not in ("live", "new"):
             return False
-        self.resets += 1
         self.state = "resetting"
         self._dev_disable()
         self.state = "connecting"

@@ -13,8 +13,8 @@ Contract:
 - `remove` (0200, kstrtoul base 0; non-zero removes, pci_stop_and_remove_bus_device) calls the
   bound driver's remove, then takes the function out of /sys. A rescan finds it again if the
   card is still there (or back).
-- `unbind(slot)` is device_release_driver alone: what a driver that gives up on its device
-  does (the function stays, without a driver, until removed).
+- A driver binds itself in its probe (device_bind_driver) and lets the function go in its
+  remove (device_release_driver); the bus has no bind or unbind of its own.
 """
 
 from __future__ import annotations
@@ -24,13 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rinuxfs.drivers.base.core import DriverCore
-from rinuxfs.drivers.base.device import (
-    Device,
-    device_bind_driver,
-    device_register,
-    device_release_driver,
-    device_unregister,
-)
+from rinuxfs.drivers.base.device import Device, device_register, device_unregister
 from rinuxfs.drivers.base.kobject import const
 from rinuxfs.errors import KernelError
 from rinuxfs.lib.kstrtox import kstrtoull
@@ -103,16 +97,6 @@ class PciBus:
             if e.errno not in (errno.ENODEV, errno.ENXIO):  # really_probe keeps those quiet
                 self.log.err(f"{slot.driver} {slot.address}: probe with driver {slot.driver} failed with error "
                              f"-{e.errno}")
-
-    def bind(self, slot: PciSlot, dev: Device) -> None:
-        """The driver's probe succeeded: the driver links (device_bind_driver)."""
-        device_bind_driver(dev, self.bus.driver_register(slot.driver))
-
-    def unbind(self, slot: PciSlot) -> None:
-        """device_release_driver: the function stays, without its driver."""
-        if slot.dev is not None:
-            device_release_driver(slot.dev)
-        slot.remove_driver = None
 
     def remove(self, slot: PciSlot) -> None:
         """pci_stop_and_remove_bus_device: the driver's remove, then the function leaves /sys."""

@@ -381,14 +381,11 @@ class AhciHba:
         bits = kstrtouint(text, 0) & L.SERR_IMPLEMENTED
         self.interface_error = bits if bits or text.strip() in ("0", "0x0") else SERR_HANDSHAKE
 
-    def _injected_link_error(self, slot: int) -> bool:
-        """A pending interface error hits this command: SError bits, PxIS.IFS, the port stopped."""
-        if not self.interface_error:
-            return False
+    def _inject_link_error(self, slot: int) -> None:
+        """The pending interface error hits this command: SError bits, PxIS.IFS, the port stopped."""
         self.port.serr |= self.interface_error
         self.interface_error = 0
         self._fatal(L.PxIS_IFS, slot)
-        return True
 
     def set_device_present(self, present: bool) -> None:
         """Surprise removal (False) or insertion (True): the phy reports the change, the HBA interrupts."""
@@ -724,7 +721,8 @@ class AhciHba:
 
     def _run_queued(self, q: _Queued) -> int:
         """Run one NCQ command; 1 if it completed (well or with an error), 0 on a fatal port error."""
-        if self._injected_link_error(q.tag):
+        if self.interface_error:
+            self._inject_link_error(q.tag)
             return 0
         if self.task_file_errors:
             self.task_file_errors -= 1
@@ -765,7 +763,8 @@ class AhciHba:
         spec = ATA_COMMANDS.get(cmd.command) if cmd.fis_ok and not self._srst else None
         data = (spec is not None and spec.protocol in (Protocol.DMA_IN, Protocol.DMA_OUT)
                 and spec.handler != "_data_set_management")  # reads and writes, which faults may hit
-        if data and self._injected_link_error(cmd.slot):
+        if data and self.interface_error:
+            self._inject_link_error(cmd.slot)
             return 0
         try:
             if data and self.task_file_errors:

@@ -60,7 +60,7 @@ class DiskImage:
             os.close(self.fd)
             self.fd = -1
             raise
-        self.size = st.st_size if self.regular else _device_size(self.fd)
+        self.refresh_size()
 
     def _open(self) -> int:
         # O_NONBLOCK: should the path turn into a FIFO after the stat, opening it must not wait for a

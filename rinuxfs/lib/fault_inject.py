@@ -180,7 +180,7 @@ def debugfs_u32(obj: object, name: str) -> tuple[FaultShow, FaultStore]:
 
 def debugfs_x16(obj: object, name: str) -> tuple[FaultShow, FaultStore]:
     """debugfs_create_x16: 0x%04llx, kstrtoull base 0, kept in 16 bits."""
-    show, store = _number(obj, name, lambda text: kstrtoull(text, 0) & 0xFFFF)
+    _, store = _number(obj, name, lambda text: kstrtoull(text, 0) & 0xFFFF)
     return lambda: f"0x{getattr(obj, name):04x}\n", store
 
 

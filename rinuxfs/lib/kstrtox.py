@@ -85,14 +85,6 @@ def _invalid(text: str) -> int:
     raise KernelError(errno.EINVAL, f"not a number: {text!r}")
 
 
-def parse_uint(text: str, limit: int = U32_MAX) -> int:
-    """kstrtouint with base 0, and ERANGE past `limit` too."""
-    value = kstrtoull(text, 0)
-    if value > limit:
-        raise KernelError(errno.ERANGE, f"{value} is out of range (at most {limit})")
-    return value
-
-
 def parse_bool(text: str) -> bool:
     """A boolean: 1/0, y/n, yes/no, on/off, true/false (any case), one trailing newline allowed.
 

@@ -11,6 +11,7 @@ importing fs/. One concept per module:
     core.py      DriverCore: the root and the well-known kobjects of one kernel
     debugfs.py   the debugfs tree (debugfs_create_dir / debugfs_create_file / debugfs_remove)
     cpu.py       the CPU devices (devices/system/cpu, bus/cpu)
+    node.py      the NUMA node devices (devices/system/node, bus/node)
 
 The whole API, as a new subsystem uses it (every name below is importable from here):
 
