@@ -28,7 +28,7 @@ from rinuxfs.mm.page_alloc import (
     stat_threshold,
     zone_batchsize,
 )
-from rinuxfs.mm.vmstat import NODE_STAT_ITEMS, NUMA_EVENTS, ZONE_STAT_ITEMS, node_stat_value, zone_stat_value
+from rinuxfs.mm.vmstat import NODE_STAT_ITEMS, NUMA_EVENTS, node_stat_value, zone_stat_values
 from rinuxfs.sched import Task
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def render_zoneinfo(mm: MemoryManager, online_cpus: list[int]) -> str:
             if not zone.populated:
                 out.append("\n")
                 continue
-            out += [f"\n      {name:<12} {zone_stat_value(mm, zone, name)}" for name in ZONE_STAT_ITEMS]
+            out += [f"\n      {name:<12} {value}" for name, value in zone_stat_values(mm, zone).items()]
             out += [f"\n      {name:<12} {zone.stat[name]}" for name in NUMA_EVENTS]
             batch = zone_batchsize(zone.managed)
             split = node_cpus or len(online_cpus) or 1

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import time
+from collections.abc import Iterable
 
 from rinuxfs.block.bio import REQ_RAHEAD, REQ_SYNC, SECTOR_SHIFT, Bio, ReqOp
 from rinuxfs.block.errors import BlkError
@@ -45,7 +46,7 @@ BDEV_PAGE_ITEMS = ("nr_blockdev_pages", "nr_file_pages")
 
 
 class BlockDeviceMapping:
-    anon = False  # file pages: on the file LRU, freed by dropping them
+    """A block device's cache; its pages sit on the file LRU."""
 
     def __init__(self, mm: MemoryManager, bdev: BlockDevice) -> None:
         self.mm = mm
@@ -108,11 +109,7 @@ class BlockDeviceMapping:
     def _read_pages(self, missing: list[int], flags: int = 0) -> None:
         mm = self.mm
         pfns = mm.alloc_pages(len(missing))
-        runs: list[list[tuple[int, int]]] = [[]]
-        for index, pfn in zip(missing, pfns, strict=True):
-            if runs[-1] and index != runs[-1][-1][0] + 1:
-                runs.append([])
-            runs[-1].append((index, pfn))
+        runs = _index_runs(zip(missing, pfns, strict=True))
         bios = [self._bio(ReqOp.READ, run, flags) for run in runs]
         start = time.monotonic()
         try:
@@ -133,19 +130,22 @@ class BlockDeviceMapping:
         self._install(list(zip(missing, pfns, strict=True)))
 
     def _install(self, pages: list[tuple[int, int]]) -> None:
+        """Pages read from the device into the cache."""
         if not pages:
             return
+        self._add([index for index, _ in pages], [pfn for _, pfn in pages])
+        self.mm.events["pgpgin"] += len(pages) * (PAGE_SIZE // 1024)
+
+    def _add(self, indexes: list[int], pfns: list[int]) -> None:
+        """New pages into the cache: counted, owned by it, on the file LRU (a page reclaim dropped
+        before brings its shadow)."""
         mm = self.mm
-        indexes = [index for index, _ in pages]
-        pfns = [pfn for _, pfn in pages]
         self.not_uptodate.difference_update(indexes)
-        for index, pfn in pages:
-            self.pages[index] = pfn
+        self.pages.update(zip(indexes, pfns, strict=True))
         mm.account(BDEV_PAGE_ITEMS, pfns)
         mm.memmap.set_owner(pfns, self.mapping_id, indexes)
         shadows = [self.shadows.pop(i, None) for i in indexes] if self.shadows else None
         mm.lru_add(pfns, anon=False, shadows=shadows)
-        mm.events["pgpgin"] += len(pages) * (PAGE_SIZE // 1024)
 
     def _bio(self, op: ReqOp, run: list[tuple[int, int]], flags: int = 0) -> Bio:
         """A bio over consecutive page indexes; the tail page may end at the device's end."""
@@ -219,14 +219,7 @@ class BlockDeviceMapping:
                     raise KernelError(errno.EIO, f"{self.bdev.name}: I/O error reading page {index}") from None
             full = [i for i in range(first, last + 1) if i not in self.pages]
             if full:
-                pfns = self.mm.alloc_pages(len(full))
-                self.not_uptodate.difference_update(full)
-                for index, pfn in zip(full, pfns, strict=True):
-                    self.pages[index] = pfn
-                self.mm.account(BDEV_PAGE_ITEMS, pfns)
-                self.mm.memmap.set_owner(pfns, self.mapping_id, full)
-                shadows = [self.shadows.pop(i, None) for i in full] if self.shadows else None
-                self.mm.lru_add(pfns, anon=False, shadows=shadows)
+                self._add(full, self.mm.alloc_pages(len(full)))
             ram = self.mm.ram.view
             pos, done = offset, 0
             newly_dirty: list[int] = []
@@ -258,7 +251,7 @@ class BlockDeviceMapping:
         if not self.dirty:
             return
         bg, thresh = dirty_limits(mm)
-        dirty = mm.node["nr_dirty"] + incoming
+        dirty = mm.total["nr_dirty"] + incoming
         if dirty > (bg + thresh) // 2:
             mm.events["nr_throttled_written"] += len(self.dirty)
             self.writeback()
@@ -278,11 +271,7 @@ class BlockDeviceMapping:
             order = sorted(i for i, t in self.dirty.items() if before is None or t < before)
         if not order:
             return 0
-        runs: list[list[tuple[int, int]]] = [[]]
-        for index in order:
-            if runs[-1] and index != runs[-1][-1][0] + 1:
-                runs.append([])
-            runs[-1].append((index, self.pages[index]))
+        runs = _index_runs([(index, self.pages[index]) for index in order])
         bios = [self._bio(ReqOp.WRITE, run, REQ_SYNC) for run in runs]
         pfns = [self.pages[index] for index in order]
         mm = self.mm
@@ -386,3 +375,13 @@ class BlockDeviceMapping:
         if dirty:
             self.writeback(only=dirty)
         self._drop([i for i in cached if i in self.pages])
+
+
+def _index_runs(pages: Iterable[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """(index, pfn) pairs, in order, cut into runs of consecutive indexes (one bio each)."""
+    runs: list[list[tuple[int, int]]] = [[]]
+    for index, pfn in pages:
+        if runs[-1] and index != runs[-1][-1][0] + 1:
+            runs.append([])
+        runs[-1].append((index, pfn))
+    return runs

@@ -325,17 +325,16 @@ class BuddyAllocator:
         have = self.order_of.get(pfn)
         if have is not None:
             self._del(pfn, have)
-            self.nr_free += 1 << have
         elif pfn & (_TOP - 1) == 0 and pfn < self.end_pfn:
             mt = self.migratetype(pfn)
             if not self.top[mt].contains(pfn):
                 return None
             self.top[mt].remove(pfn, pfn + _TOP)
+            self.nr_free -= _TOP
             have = MAX_PAGE_ORDER
         else:
             return None
         take = min(have, order)
-        self.nr_free -= 1 << have
         self._expand(pfn, take, have)
         return pfn, take
 

@@ -6,15 +6,21 @@ Contract:
   and every allocated frame has a struct page in `memmap`.
 - An allocation prefers the node of the CPU serving the request
   (`current_cpu`) and falls back by distance. It takes frames above each
-  zone's low watermark; short of them it reclaims to the high watermark
-  (kswapd's job, done inline here) and retries down to the min watermark;
-  then direct reclaim, one more try, and ENOMEM.
+  zone's low watermark; short of them it wakes kswapd (each node's is a task
+  of the kernel; while none runs, the node is reclaimed to its high
+  watermarks inline) and retries down to the min watermark; then rounds of
+  direct reclaim and a retry, while reclaim frees pages and at most
+  MAX_RECLAIM_RETRIES of them; then the OOM killer (`out_of_memory`): after a
+  kill one more round, else ENOMEM.
 - Owners of pages report what they hold through `account(items, pfns)`: the
   named counters move in each frame's zone, its node and the machine total,
   which zoneinfo, node meminfo and /proc/meminfo render; nothing else writes
   them, so the three always agree.
-- Owners of pages that can be dropped (clean block-device cache) register a
-  shrinker. Swap and the OOM killer come with the next memory issue.
+- Owners of pages reclaim may free (tmpfs files, block-device caches, the
+  swap cache) register as mappings (`register_mapping`), which struct pages
+  name: reclaim (vmscan) asks a page's owner to write it out or drop it;
+  tmpfs pages go to the swap areas (`swap`) and come back through the swap
+  cache (`swap_cache`). There are no shrinkers.
 - Free blocks of pageblock order or more are handed back to the host
   (MADV_DONTNEED, like virtio-balloon's free page reporting) unless the RAM
   was preallocated (`prealloc`).
@@ -36,7 +42,7 @@ from rinuxfs.errors import KernelError
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from rinuxfs.mm.buddy import MIGRATE_MOVABLE, MIGRATE_RECLAIMABLE, MIGRATE_UNMOVABLE
 from rinuxfs.mm.hugetlb import HugetlbPools
-from rinuxfs.mm.lru import LRU_NAMES, Lruvec
+from rinuxfs.mm.lru import LRU_NAMES, SWAP_CLUSTER_MAX, Lruvec
 from rinuxfs.mm.memblock import Memblock
 from rinuxfs.mm.memcontrol import Charges
 from rinuxfs.mm.memmap import PG, MemMap
@@ -71,8 +77,6 @@ _BOOT_KERNEL_USE = {  # item: (per mille, ceiling in MiB, migrate type)
 _KERNEL_STACK_KB_PER_TASK = 16
 _PERCPU_KB_PER_CPU = 476
 VMALLOC_TOTAL_KB = 34359738367
-SWAP_CLUSTER_MAX = 32  # pages reclaim works on at a time
-
 
 
 @dataclass
@@ -142,7 +146,7 @@ class MemoryManager:
         self.allocator = PageAllocator(self.memblock, ranges, node_cpus)
         self._node_starts = [n.start_pfn for n in self.allocator.nodes]
         self.memmap = MemMap()
-        self.total = Counter[str]()  # node_stat_item gauges summed over nodes, in pages
+        self.total = Counter[str]()  # node_stat_item gauges summed over nodes, in pages (meminfo, vmstat)
         self.events = Counter[str]()  # vm_event_item counters
         self.kernel_stack_kb = 0
         self.committed_pages = 0
@@ -152,7 +156,7 @@ class MemoryManager:
         self.mappings: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
         self._next_mapping_id = 0
         self.tunables = VmTunables()
-        self.lruvecs = [Lruvec(self._lru_counter(node.nid), node.managed, node=node.nid,
+        self.lruvecs = [Lruvec(self._lru_counter(node.nid), node=node.nid,
                                nr_swap_pages=lambda: self.swap.free_pages,
                                lruvec_of_node=lambda nid: self.lruvecs[nid])
                         for node in self.allocator.nodes]
@@ -350,10 +354,20 @@ class MemoryManager:
             return
         if shadows is None or len(self.lruvecs) == 1:
             for nid, group in self._by_node(pfns):
-                self.lruvecs[nid].add_many(group, anon, shadows if len(self.lruvecs) == 1 else None)
+                self.lruvecs[nid].add_many(group, anon, shadows)
             return
-        for pfn, shadow in zip(pfns, shadows, strict=True):
-            self.lruvecs[self.node_of(pfn)].add(pfn, anon, shadow)
+        if len(shadows) != len(pfns):
+            raise ValueError(f"lru_add: {len(pfns)} pages, {len(shadows)} shadows")
+        # A refault may be judged on the node that evicted the page (Lruvec._refault_verdict), so the
+        # pages go in their order: one batch per run of pages of one node.
+        node_of, lruvecs = self.node_of, self.lruvecs
+        start, nid = 0, node_of(pfns[0])
+        for i in range(1, len(pfns)):
+            other = node_of(pfns[i])
+            if other != nid:
+                lruvecs[nid].add_many(pfns[start:i], anon, shadows[start:i])
+                start, nid = i, other
+        lruvecs[nid].add_many(pfns[start:], anon, shadows[start:])
 
     def lru_access(self, pfns: list[int]) -> None:
         for nid, group in self._by_node(pfns):
@@ -408,11 +422,6 @@ class MemoryManager:
             zstat[item] += delta
             nstat[item] += delta
             total[item] += delta
-
-    @property
-    def node(self) -> Counter[str]:
-        """The machine-wide node counters (what /proc/meminfo and /proc/vmstat sum)."""
-        return self.total
 
     def node_of(self, pfn: int) -> int:
         return bisect_right(self._node_starts, pfn) - 1

@@ -56,7 +56,6 @@ class PageQuota(Protocol):
 
 
 class AddressSpace:
-    anon = True  # swap-backed: its pages live on the anon LRU
     # Slots, and the containers only a file with swapped or huge pages needs made on first use: a tmpfs
     # of 100,000 empty files costs little more than its names.
     __slots__ = ("mm", "quota", "account_items", "huge_policy", "huge", "pages", "nr_swapped", "shadows",
@@ -130,8 +129,7 @@ class AddressSpace:
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         with self.locks.hold(first, last):
             hits = self._resident(first, last)
-            if self.nr_swapped:
-                self._swapin([i for i in range(first, last + 1) if isinstance(self.pages.get(i), SwapEntry)])
+            self._swapin_range(first, last)
             ram = self.mm.ram.view
             parts: list[bytes | memoryview] = []
             pos = offset
@@ -151,8 +149,7 @@ class AddressSpace:
 
     def _make_present(self, first: int, last: int, offset: int, end: int, i_size: int = 0) -> None:
         """Every page of first..last in a frame: swapped-out ones read back, holes allocated."""
-        if self.nr_swapped:
-            self._swapin([i for i in range(first, last + 1) if isinstance(self.pages.get(i), SwapEntry)])
+        self._swapin_range(first, last)
         if None in map(self.pages.get, range(first, last + 1)):
             missing = [i for i in range(first, last + 1) if i not in self.pages]
             policy = self.huge_policy()
@@ -202,8 +199,7 @@ class AddressSpace:
 
     def _split(self, block: int) -> None:
         """split_folio: the 2 MiB folio becomes 512 small pages (for a swap-out, or a truncate inside it)."""
-        if self.huge is not None:
-            self.huge.discard(block)
+        self.huge.discard(block)  # type: ignore[union-attr]  # called only for a folio the file holds
         pfn = self.pages[block]
         if isinstance(pfn, int):
             self.mm.account_run(("nr_shmem_hugepages",), pfn, HPAGE_PMD_NR, -1)
@@ -253,6 +249,11 @@ class AddressSpace:
         mm.charges.charge(mm.current_pid(), pfns)
         mm.lru_add(pfns, anon=True)
 
+    def _swapin_range(self, first: int, last: int) -> None:
+        """_swapin of the pages of first..last that are in swap."""
+        if self.nr_swapped:
+            self._swapin([i for i in range(first, last + 1) if isinstance(self.pages.get(i), SwapEntry)])
+
     def _swapin(self, indexes: list[int]) -> None:
         """Bring swapped-out pages back (shmem_swapin_folio): the slots are freed, the charge comes back."""
         if not indexes:
@@ -264,7 +265,7 @@ class AddressSpace:
         self.nr_swapped -= len(indexes)
         mm.account(self.account_items, pfns)
         mm.memmap.set_owner(pfns, self.mapping_id, indexes)
-        mm.charges.from_swap(list(entries), pfns)
+        mm.charges.from_swap(entries, pfns)
         mm.swap.swap_free(entries)
         shadows = list(map(self.shadows.pop, indexes, repeat(None, len(indexes)))) if self.shadows else None
         mm.lru_add(pfns, anon=True, shadows=shadows)
@@ -320,9 +321,8 @@ class AddressSpace:
             mm.free_pages(pfns)
         if entries:
             self.nr_swapped -= len(entries)
-            for e in entries:
-                mm.swap_cache.forget(e)
-            mm.charges.uncharge_swap(list(entries))
+            mm.swap_cache.forget_many(entries)
+            mm.charges.uncharge_swap(entries)
             mm.swap.swap_free(entries)
         self.quota.uncharge(len(indexes))
 

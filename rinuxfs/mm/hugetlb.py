@@ -79,14 +79,9 @@ class HugetlbPools:
         self._free_block = free_block
         self.events = {"htlb_buddy_alloc_success": 0, "htlb_buddy_alloc_fail": 0}
 
-    def by_name(self, name: str) -> HState | None:
-        return next((h for h in self.hstates if h.name == name), None)
-
-    def total_pages(self, nid: int | None = None) -> int:
-        """Base pages held by all pools (NR_HUGETLB), on one node or all."""
-        if nid is None:
-            return sum(h.nr_huge_pages * h.nr_pages for h in self.hstates)
-        return sum(h.nr_huge_pages_node[nid] * h.nr_pages for h in self.hstates)
+    def total_pages(self) -> int:
+        """Base pages held by all pools (NR_HUGETLB)."""
+        return sum(h.nr_huge_pages * h.nr_pages for h in self.hstates)
 
     # --- growing and shrinking the pool -------------------------------------------------
 

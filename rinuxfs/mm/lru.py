@@ -77,8 +77,8 @@ from typing import NamedTuple
 
 LRU_INACTIVE_ANON, LRU_ACTIVE_ANON, LRU_INACTIVE_FILE, LRU_ACTIVE_FILE, LRU_UNEVICTABLE = range(5)
 LRU_NAMES = ("inactive_anon", "active_anon", "inactive_file", "active_file", "unevictable")
-SWAP_CLUSTER_MAX = 32
-DEF_PRIORITY = 12
+SWAP_CLUSTER_MAX = 32  # pages reclaim works on at a time (include/linux/swap.h)
+DEF_PRIORITY = 12  # reclaim's first scan priority: 1/4096 of the lists
 MAX_SWAPPINESS = 200
 NODES_SHIFT = 10  # up to 1024 nodes, as --numa allows
 
@@ -137,12 +137,9 @@ def _lru(anon: bool, active: bool) -> int:
 
 
 class Lruvec:
-    def __init__(self, on_change: OnChange | None = None, total_pages: int = 0, *, node: int = 0,
+    def __init__(self, on_change: OnChange | None = None, *, node: int = 0,
                  quick_demotion: bool = True, nr_swap_pages: Callable[[], int] | None = None,
                  lruvec_of_node: Callable[[int], Lruvec] | None = None) -> None:
-        # total_pages is accepted for the interface; the inactive ratio follows each LRU's own
-        # size, as Linux computes it since 4.10 (inactive_is_low).
-        self.total_pages = total_pages
         self.node = node
         self.quick_demotion = quick_demotion
         self.on_change = on_change
@@ -426,7 +423,7 @@ class Lruvec:
         size = len(q[LRU_ACTIVE_FILE])
         if anon:
             size += len(q[LRU_INACTIVE_FILE]) + len(q[_Q_PROBATION_FILE])
-        if self._swap_free_now if self._swap_free_now is not None else self._swap_free():
+        if self._swap_free():
             size += len(q[LRU_ACTIVE_ANON])
             if not anon:
                 size += len(q[LRU_INACTIVE_ANON]) + len(q[_Q_PROBATION_ANON])

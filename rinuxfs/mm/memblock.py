@@ -66,7 +66,7 @@ class Memblock:
     reserved: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, what)
 
     @classmethod
-    def boot(cls, nr_frames: int, node_ranges: list[Range], memmap_extra: int = 0) -> Memblock:
+    def boot(cls, nr_frames: int, node_ranges: list[Range]) -> Memblock:
         mb = cls(nr_frames)
         mb.usable = subtract([(1, nr_frames)], [E820_HOLE])
         mb.reserve(0, min(FIRST_MIB, nr_frames), "low memory")
@@ -75,7 +75,7 @@ class Memblock:
         mb.reserve(base, base + image, "kernel image")
         for start, end in node_ranges:
             present = overlap(mb.usable, start, end)
-            memmap = -(-present * STRUCT_PAGE_SIZE >> PAGE_SHIFT) + memmap_extra
+            memmap = -(-present * STRUCT_PAGE_SIZE >> PAGE_SHIFT)
             mb.alloc_top_down(memmap, start, end, "memmap")
         return mb
 

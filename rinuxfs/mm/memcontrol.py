@@ -14,6 +14,7 @@ Per-page ownership lives in the struct pages (memmap.memcg) and per-slot ownersh
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from itertools import repeat
 
 from rinuxfs.mm.memmap import MemMap
@@ -46,7 +47,7 @@ class Charges:
             self._drop(self.rss_shmem, pid, n)
             self.swapents[pid] += n
 
-    def from_swap(self, slots: list[object], pfns: list[int]) -> None:
+    def from_swap(self, slots: Sequence[object], pfns: list[int]) -> None:
         if not slots:
             return
         owners = list(map(self.slots.pop, slots, repeat(0, len(slots))))
@@ -62,7 +63,7 @@ class Charges:
             self._drop(self.swapents, pid, len(group))
             self.rss_shmem[pid] += len(group)
 
-    def uncharge_swap(self, slots: list[object]) -> None:
+    def uncharge_swap(self, slots: Sequence[object]) -> None:
         for pid, n in Counter(self.slots.pop(slot, 0) for slot in slots).items():
             self._drop(self.swapents, pid, n)
 

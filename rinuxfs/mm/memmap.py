@@ -8,8 +8,8 @@ Contract:
   (a double free) raises BadPageState.
 - `set_owner(pfns, mapping, indexes)` records which page-cache mapping and
   index a page holds (what reclaim needs to find a page's owner), and
-  `owner(pfn)` reads it back; `set_memcg`/`memcg` whom a page is charged to;
-  `flags`/`set_flags`/`clear_flags` the PG_ bits.
+  `owners(pfns)` reads it back; `set_memcg`/`memcg` whom a page is charged to;
+  `set_flags` sets PG_ bits.
 
 Storage is sparse, like SPARSEMEM_VMEMMAP populating its memmap on demand:
 RAM is cut into sections of 512 frames (2 MiB), and a section's arrays exist
@@ -79,10 +79,6 @@ class MemMap:
     def __init__(self) -> None:
         self.sections: dict[int, _Section] = {}
 
-    @property
-    def nr_sections(self) -> int:
-        return len(self.sections)
-
     def allocated(self, runs: Iterable[tuple[int, int]], flags: int = 0) -> None:
         fill = PG.allocated | flags
         for pfn, n in runs:
@@ -110,24 +106,10 @@ class MemMap:
                 section.mapping[slot : slot + count] = array("I", bytes(4 * count))
                 section.memcg[slot : slot + count] = array("I", bytes(4 * count))
 
-    def is_allocated(self, pfn: int) -> bool:
-        section = self.sections.get(pfn >> SECTION_SHIFT)
-        return section is not None and section.flags[pfn & _MASK] != 0
-
-    def flags(self, pfn: int) -> PG:
-        section = self.sections.get(pfn >> SECTION_SHIFT)
-        return PG(section.flags[pfn & _MASK]) if section is not None else PG(0)
-
     def set_flags(self, pfns: Iterable[int], flags: int) -> None:
         for pfn in pfns:
             section = self.sections[pfn >> SECTION_SHIFT]
             section.flags[pfn & _MASK] |= flags
-
-    def clear_flags(self, pfns: Iterable[int], flags: int) -> None:
-        keep = ~flags & 0xFFFF
-        for pfn in pfns:
-            section = self.sections[pfn >> SECTION_SHIFT]
-            section.flags[pfn & _MASK] &= keep
 
     def set_owner(self, pfns: list[int], mapping: int, indexes: list[int]) -> None:
         """page->mapping and page->index for page-cache pages; one slice per section when both run in step."""
@@ -170,20 +152,13 @@ class MemMap:
         return [sections[pfn >> SECTION_SHIFT].memcg[pfn & _MASK] for pfn in pfns]
 
     def owners(self, pfns: list[int]) -> list[tuple[int, int]]:
-        """`owner` of each page."""
+        """(mapping id, index) of each page; mapping 0 means none."""
         sections = self.sections
         out = []
         for pfn in pfns:
             section = sections.get(pfn >> SECTION_SHIFT)
             out.append((0, 0) if section is None else (section.mapping[pfn & _MASK], section.index[pfn & _MASK]))
         return out
-
-    def owner(self, pfn: int) -> tuple[int, int]:
-        """(mapping id, index) of a page; mapping 0 means none."""
-        section = self.sections.get(pfn >> SECTION_SHIFT)
-        if section is None:
-            return 0, 0
-        return section.mapping[pfn & _MASK], section.index[pfn & _MASK]
 
     def nbytes(self) -> int:
         """What the struct pages cost the host (the arrays; object headers aside)."""

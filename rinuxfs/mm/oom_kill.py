@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from rinuxfs.mm.buddy import MIGRATE_TYPES
 from rinuxfs.mm.page_alloc import WMARK_HIGH, WMARK_LOW, WMARK_MIN
-from rinuxfs.printk import KERN_EMERG, KERN_ERR, KERN_INFO, KERN_WARNING, KernelLog
+from rinuxfs.mm.vmscan import MAX_RECLAIM_RETRIES
+from rinuxfs.printk import KERN_ERR, KERN_INFO, KERN_WARNING, KernelLog
 
 if TYPE_CHECKING:
     from rinuxfs.mm.core import MemoryManager
@@ -168,7 +169,7 @@ class OomKiller:
 
     def _show_mem(self) -> None:
         mm, log = self.mm, self.log
-        n = mm.node
+        n = mm.total
         a = mm.allocator
         free = a.nr_free_pages
         log.printk(KERN_WARNING, "Mem-Info:")
@@ -183,7 +184,7 @@ class OomKiller:
             log.printk(KERN_WARNING, line)
         for node in a.nodes:
             s = node.stat
-            stuck = mm.reclaimer.kswapd_failures[node.nid] >= 16
+            stuck = mm.reclaimer.kswapd_failures[node.nid] >= MAX_RECLAIM_RETRIES
             log.printk(KERN_WARNING, f"Node {node.nid} active_anon:{s['nr_active_anon'] * 4}kB "
                        f"inactive_anon:{s['nr_inactive_anon'] * 4}kB active_file:{s['nr_active_file'] * 4}kB "
                        f"inactive_file:{s['nr_inactive_file'] * 4}kB unevictable:{s['nr_unevictable'] * 4}kB "
@@ -239,6 +240,3 @@ class OomKiller:
             rss, swap = self.charged(t.pid)
             log.printk(KERN_INFO, f"[{t.pid:7d}] {t.uid:5d} {t.pid:5d} {rss + swap:8d} {rss:8d} {0:8d} {0:8d} "
                                   f"{rss:9d} {0:8d} {swap:8d}         {t.oom_score_adj:5d} {t.comm}")
-
-    def panic_line(self, reason: str) -> None:
-        self.log.printk(KERN_EMERG, f"Kernel panic - not syncing: {reason}")

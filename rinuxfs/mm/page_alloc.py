@@ -9,7 +9,7 @@ Contract:
   no more to give above that mark; deciding what then (reclaim, ENOMEM) is
   the memory manager's job, not this file's.
 - `alloc_order(order, nid, ...)` is the same for one naturally aligned block.
-- `free(pfns)` / `free_runs(runs)` return frames to their zones' buddies and
+- `free_runs(runs)` returns frames to their zones' buddies and
   report the merged free blocks of order >= pageblock_order, which the memory
   manager may hand back to the host.
 - Every allocation counts pgalloc_<zone> and numa_hit/miss/foreign/local/other
@@ -40,6 +40,7 @@ from rinuxfs.mm.buddy import (
     PAGEBLOCK_ORDER,
     BuddyAllocator,
 )
+from rinuxfs.mm.lru import SWAP_CLUSTER_MAX
 from rinuxfs.mm.memblock import Memblock, overlap
 
 ZONE_DMA, ZONE_DMA32, ZONE_NORMAL, ZONE_MOVABLE, ZONE_DEVICE = range(5)
@@ -49,7 +50,6 @@ ZONE_DMA_END = (16 << 20) >> PAGE_SHIFT
 ZONE_DMA32_END = (4 << 30) >> PAGE_SHIFT
 LOWMEM_RESERVE_RATIO = (256, 256, 32, 0, 0)  # vm.lowmem_reserve_ratio, x86-64 default
 WATERMARK_SCALE_FACTOR = 10  # vm.watermark_scale_factor: 0.1 %
-SWAP_CLUSTER_MAX = 32
 LOCAL_DISTANCE, REMOTE_DISTANCE = 10, 20  # what QEMU's ACPI SLIT gives by default
 WMARK_MIN, WMARK_LOW, WMARK_HIGH, WMARK_PROMO = range(4)
 MIN_PERCPU_PAGELIST_HIGH_FRACTION = 8
@@ -311,9 +311,6 @@ class PageAllocator:
         stat["numa_local" if zone.nid == local_nid else "numa_other"] += n
 
     # --- freeing -----------------------------------------------------------------------
-
-    def free(self, pfns: list[int]) -> list[tuple[int, int]]:
-        return self.free_runs(to_runs(pfns))
 
     def free_runs(self, runs: list[tuple[int, int]], boot: bool = False) -> list[tuple[int, int]]:
         """Give frames back; the merged free blocks of pageblock order or more, as (pfn, nr_pages)."""

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import trio
 
 from rinuxfs.mm.buddy import PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER
+from rinuxfs.mm.page_alloc import to_runs
 
 PAGE_REPORTING_DELAY = 2.0  # seconds (2 * HZ)
 
@@ -35,7 +36,6 @@ class PageReporting:
         self._pending: set[int] = set()  # pageblock numbers freed since the last report
         self._wakeup: trio.Event | None = None
         self.running = False
-        self.reported_pages = 0
 
     def notify(self, runs: list[tuple[int, int]]) -> None:
         if not runs:
@@ -43,7 +43,6 @@ class PageReporting:
         if not self.running:
             for pfn, n in runs:
                 self._discard(pfn, n)
-                self.reported_pages += n
             return
         for pfn, n in runs:
             first = pfn >> PAGEBLOCK_ORDER
@@ -53,20 +52,12 @@ class PageReporting:
 
     def report(self) -> int:
         """Hand the pending pageblocks that are still free back to the host; the frames handed back."""
-        blocks = sorted(b for b in self._pending if self._still_free(b << PAGEBLOCK_ORDER))
+        runs = to_runs(b for b in self._pending if self._still_free(b << PAGEBLOCK_ORDER))
         self._pending.clear()
         done = 0
-        start = prev = None
-        for b in [*blocks, None]:
-            if start is not None and (b is None or b != prev + 1):  # type: ignore[operator]
-                count = (prev - start + 1) * PAGEBLOCK_NR_PAGES  # type: ignore[operator]
-                self._discard(start << PAGEBLOCK_ORDER, count)
-                done += count
-                start = None
-            if b is not None and start is None:
-                start = b
-            prev = b
-        self.reported_pages += done
+        for first, n in runs:  # runs of consecutive pageblocks
+            self._discard(first << PAGEBLOCK_ORDER, n * PAGEBLOCK_NR_PAGES)
+            done += n * PAGEBLOCK_NR_PAGES
         return done
 
     async def run(self) -> None:

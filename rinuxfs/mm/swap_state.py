@@ -8,8 +8,8 @@ Contract:
   yet are read in the same batch into new swap-cache pages (swap_ra), which wait on the anon LRU
   for their mapping to ask for them, or for reclaim to drop them (they are clean: nothing to
   write). A failed read raises EIO and leaves every slot as it was.
-- `take(entry)` hands a cached page to its mapping (it leaves the cache, SWAP_HAS_CACHE clears);
-  `forget(entry)` drops a cached page whose slot is being freed.
+- `take_many(entries)` hands cached pages to their mapping (they leave the cache, SWAP_HAS_CACHE
+  clears); `forget_many(entries)` drops the cached pages of slots being freed.
 - The cache is a Reclaimable mapping of its own: struct pages of cached pages name it, with the
   slot as their index, so reclaim finds and drops them like any clean cache page.
 """
@@ -44,8 +44,6 @@ def decode(index: int) -> SwapEntry:
 
 
 class SwapCache:
-    anon = True
-
     def __init__(self, mm: MemoryManager, log: KernelLog) -> None:
         self.mm = mm
         self.log = log
@@ -83,8 +81,8 @@ class SwapCache:
             by_entry = dict(zip(wanted, fresh[: len(wanted)], strict=True))
         else:
             by_entry = {}
-        for e in cached:
-            by_entry[e] = self.take(e)
+        if cached:
+            by_entry.update(zip(cached, self.take_many(cached), strict=True))
         return [by_entry[e] for e in entries]
 
     def _readahead_window(self, wanted: list[SwapEntry], asked: set[SwapEntry]) -> list[SwapEntry]:
@@ -132,18 +130,24 @@ class SwapCache:
         mm.memmap.set_owner(pfns, self.mapping_id, [encode(e) for e in entries])
         mm.lru_add(pfns, anon=True)
 
-    def take(self, entry: SwapEntry) -> int:
-        """A cached page leaves the cache for its mapping (it stays on the LRU, now the mapping's)."""
-        pfn = self.pages.pop(entry)
-        self.mm.swap.area(entry).set_flag(entry.offset, SWAP_HAS_CACHE, False)
-        self.mm.account(SWAP_CACHE_ITEMS, [pfn], -1)
-        self.mm.lru_remove([pfn])
-        return pfn
+    def take_many(self, entries: list[SwapEntry]) -> list[int]:
+        """Cached pages leave the cache for their mapping: their frames, in order. They leave the
+        LRU too: the mapping adds them back as its own."""
+        mm = self.mm
+        pfns = list(map(self.pages.pop, entries))
+        for e in entries:
+            mm.swap.area(e).set_flag(e.offset, SWAP_HAS_CACHE, False)
+        mm.account(SWAP_CACHE_ITEMS, pfns, -1)
+        mm.lru_remove(pfns)
+        return pfns
 
-    def forget(self, entry: SwapEntry) -> None:
-        if entry in self.pages:
-            pfn = self.take(entry)
-            self.mm.free_pages([pfn])
+    def forget_many(self, entries: list[SwapEntry]) -> None:
+        """The slots are being freed: their cached pages, if any, go."""
+        if not self.pages:
+            return
+        cached = [e for e in entries if e in self.pages]
+        if cached:
+            self.mm.free_pages(self.take_many(cached))
 
     # --- reclaim -------------------------------------------------------------------------
 

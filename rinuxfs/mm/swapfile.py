@@ -151,9 +151,6 @@ class SwapInfo:
         i = offset % SWAPFILE_CLUSTER
         slots[i] = slots[i] | flag if on else slots[i] & ~flag
 
-    def free(self, offset: int) -> None:
-        self.free_many([offset])
-
     def free_many(self, offsets: Iterable[int]) -> None:
         """Free slots; a slot that is not in use is a bad entry (EINVAL), and stops the batch there."""
         clusters, used = self.clusters, self.cluster_used

@@ -25,12 +25,18 @@ Contract:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from rinuxfs.mm.lru import LRU_ACTIVE_ANON, LRU_ACTIVE_FILE, LRU_INACTIVE_ANON, LRU_INACTIVE_FILE
+from rinuxfs.mm.lru import (
+    DEF_PRIORITY,
+    LRU_ACTIVE_ANON,
+    LRU_ACTIVE_FILE,
+    LRU_INACTIVE_ANON,
+    LRU_INACTIVE_FILE,
+    SWAP_CLUSTER_MAX,
+)
 from rinuxfs.mm.page_alloc import WMARK_HIGH
 from rinuxfs.mm.page_io import swap_writepages
 from rinuxfs.mm.swapfile import SwapEntry
@@ -38,15 +44,11 @@ from rinuxfs.mm.swapfile import SwapEntry
 if TYPE_CHECKING:
     from rinuxfs.mm.core import MemoryManager
 
-SWAP_CLUSTER_MAX = 32
-DEF_PRIORITY = 12
 MAX_RECLAIM_RETRIES = 16
 
 
 class Reclaimable(Protocol):
     """A mapping whose pages sit on the LRU (tmpfs files, block-device caches, the swap cache)."""
-
-    anon: bool
 
     def pageout(self, pages: list[tuple[int, int]], plug: SwapPlug) -> list[bool]: ...
 
@@ -71,7 +73,6 @@ class Reclaimer:
         self.running = [False] * len(mm.allocator.nodes)
         self.kswapd_failures = [0] * len(mm.allocator.nodes)
         self.in_reclaim = False
-        self.on_stall: Callable[[str, float], None] | None = None  # PSI: (resource, seconds stalled)
 
     # --- the core loop -------------------------------------------------------------------
 
@@ -188,6 +189,11 @@ class Reclaimer:
         zones = [z for z in self.mm.allocator.nodes[nid].zones if z.populated]
         return all(z.nr_free >= z.watermark[WMARK_HIGH] for z in zones)
 
+    def _kswapd_target(self, nid: int) -> int:
+        """kswapd_shrink_node: what the node lacks to its high watermarks, at least SWAP_CLUSTER_MAX."""
+        zones = self.mm.allocator.nodes[nid].zones
+        return max(SWAP_CLUSTER_MAX, sum(max(0, z.watermark[WMARK_HIGH] - z.nr_free) for z in zones if z.populated))
+
     def wakeup_kswapd(self, nid: int) -> None:
         """A zone of node nid fell below its low watermark: kswapd, or reclaim inline when none runs."""
         event = self.wakeups[nid]
@@ -205,9 +211,7 @@ class Reclaimer:
         for _ in range(MAX_RECLAIM_RETRIES):
             if self.balanced(nid):
                 break
-            node = mm.allocator.nodes[nid]
-            want = sum(max(0, z.watermark[WMARK_HIGH] - z.nr_free) for z in node.zones if z.populated)
-            got = self.shrink_node(nid, max(SWAP_CLUSTER_MAX, want), "kswapd")
+            got = self.shrink_node(nid, self._kswapd_target(nid), "kswapd")
             freed += got
             if not got:
                 break
@@ -222,10 +226,7 @@ class Reclaimer:
                 self.mm.events["pageoutrun"] += 1
                 fruitless = 0
                 while not self.balanced(nid) and fruitless < MAX_RECLAIM_RETRIES:
-                    # kswapd_shrink_node: aim at the high watermarks, in SWAP_CLUSTER_MAX isolation batches
-                    node = self.mm.allocator.nodes[nid]
-                    want = sum(max(0, z.watermark[WMARK_HIGH] - z.nr_free) for z in node.zones if z.populated)
-                    got = self.shrink_node(nid, max(SWAP_CLUSTER_MAX, want), "kswapd")
+                    got = self.shrink_node(nid, self._kswapd_target(nid), "kswapd")
                     fruitless = 0 if got else fruitless + 1
                     await trio.sleep(0)  # let the requests that woke us go on between batches
                 self.kswapd_failures[nid] = fruitless

@@ -234,7 +234,7 @@ def free_pages_blocks(zones: list[Zone]) -> int:
 
 
 def vmstat(mm: MemoryManager) -> list[tuple[str, int]]:
-    node, events, alloc = mm.node, mm.events, mm.allocator
+    node, events, alloc = mm.total, mm.events, mm.allocator
     zones = list(alloc.zones())
     free = alloc.nr_free_pages
     bg, thresh = dirty_limits(mm)
@@ -272,29 +272,23 @@ def vmstat(mm: MemoryManager) -> list[tuple[str, int]]:
 
 ZONE_STAT_ITEMS = VMSTAT_ITEMS[: VMSTAT_ITEMS.index("nr_free_cma") + 1]
 NODE_STAT_ITEMS = VMSTAT_ITEMS[VMSTAT_ITEMS.index("nr_inactive_anon") : VMSTAT_ITEMS.index("nr_kernel_file_pages") + 1]
-_NODE_ALIASES = {"nr_slab_reclaimable": "nr_slab_reclaimable_pages",
-                 "nr_slab_unreclaimable": "nr_slab_unreclaimable_pages"}
-_ZONE_LRU = {"nr_zone_inactive_anon": 0, "nr_zone_active_anon": 1, "nr_zone_inactive_file": 2,
-             "nr_zone_active_file": 3, "nr_zone_unevictable": 4}
-_ZONE_ALIASES = {"nr_zone_inactive_anon": "nr_inactive_anon", "nr_zone_active_anon": "nr_active_anon",
-                 "nr_zone_inactive_file": "nr_inactive_file", "nr_zone_active_file": "nr_active_file",
-                 "nr_zone_unevictable": "nr_unevictable"}
+_ZONE_LRU = ("nr_zone_inactive_anon", "nr_zone_active_anon", "nr_zone_inactive_file", "nr_zone_active_file",
+             "nr_zone_unevictable")  # in the order of the LRU lists
 
 
 def node_stat_value(mm: MemoryManager, node: Node, name: str) -> int:
     if name == "nr_kernel_stack":
         return mm.kernel_stack_kb if node.nid == 0 else 0
-    value = max(0, node.stat[_NODE_ALIASES.get(name, name)])
+    value = max(0, node.stat[_ALIASES.get(name, name)])
     return value // 512 if name in THP_ITEMS else value
 
 
-def zone_stat_value(mm: MemoryManager, zone: Zone, name: str) -> int:
-    if name in _ZONE_LRU:
-        return mm.zone_lru_counts(zone)[_ZONE_LRU[name]]
-    if name == "nr_free_pages":
-        return zone.nr_free
-    if name == "nr_free_pages_blocks":
-        return sum(row[o] << o for row in zone.buddy.counts() for o in range(PAGEBLOCK_ORDER, NR_PAGE_ORDERS))
-    if name == "nr_zone_write_pending":
-        return zone.stat["nr_dirty"] + zone.stat["nr_writeback"]
-    return max(0, zone.stat[_ZONE_ALIASES.get(name, name)])
+def zone_stat_values(mm: MemoryManager, zone: Zone) -> dict[str, int]:
+    """The ZONE_STAT_ITEMS of one zone, in order; its LRU lists are walked once."""
+    stat = zone.stat
+    values = {name: max(0, stat[name]) for name in ZONE_STAT_ITEMS}
+    values.update(zip(_ZONE_LRU, mm.zone_lru_counts(zone), strict=True))
+    values["nr_free_pages"] = zone.nr_free
+    values["nr_free_pages_blocks"] = free_pages_blocks([zone])
+    values["nr_zone_write_pending"] = stat["nr_dirty"] + stat["nr_writeback"]
+    return values

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def dirty_limits(mm: MemoryManager) -> tuple[int, int]:
-    a, node, t = mm.allocator, mm.node, mm.tunables
+    a, node, t = mm.allocator, mm.total, mm.tunables
     free = a.nr_free_pages
     dirtyable = free - min(free, a.totalreserve_pages) + node["nr_inactive_file"] + node["nr_active_file"] + 1
     thresh = t.dirty_bytes // PAGE_SIZE if t.dirty_bytes else t.dirty_ratio * dirtyable // 100
@@ -53,7 +53,7 @@ async def flusher(mm: MemoryManager) -> None:
         with trio.move_on_after(period if period > 0 else float("inf")):
             await mm.flusher_wakeup.wait()
         bg, _ = dirty_limits(mm)
-        if mm.node["nr_dirty"] > bg:
+        if mm.total["nr_dirty"] > bg:
             writeback_mappings(mm, None)
         else:
             writeback_mappings(mm, time.monotonic() - mm.tunables.dirty_expire_centisecs / 100)

@@ -11,20 +11,14 @@ Contract:
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from rinuxfs.drivers.base.core import DriverCore
+from rinuxfs.drivers.base.cpu import CpuState
 from rinuxfs.drivers.base.device import Device, device_register
 from rinuxfs.drivers.base.kobject import Kobject, const, kobject_create, sysfs_create_link
 from rinuxfs.lib.bitmap import cpu_list, cpu_mask
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.mm.mm_sysfs import add_hstate_attrs
-from rinuxfs.mm.vmstat import NODE_STAT_ITEMS, NUMA_EVENTS, ZONE_STAT_ITEMS, node_stat_value, zone_stat_value
-
-
-class CpuState(Protocol):
-    possible: int
-    online: set[int]
+from rinuxfs.mm.vmstat import NODE_STAT_ITEMS, NUMA_EVENTS, ZONE_STAT_ITEMS, node_stat_value, zone_stat_values
 
 
 def register_node_devices(core: DriverCore, mm: MemoryManager, cpus: CpuState) -> Device:
@@ -79,7 +73,8 @@ def render_node_numastat(mm: MemoryManager, nid: int) -> str:
 
 def render_node_vmstat(mm: MemoryManager, nid: int) -> str:
     node = mm.allocator.nodes[nid]
-    rows = [(name, sum(zone_stat_value(mm, z, name) for z in node.zones if z.populated)) for name in ZONE_STAT_ITEMS]
+    per_zone = [zone_stat_values(mm, z) for z in node.zones if z.populated]
+    rows = [(name, sum(values[name] for values in per_zone)) for name in ZONE_STAT_ITEMS]
     rows += [(name, sum(z.stat[name] for z in node.zones)) for name in NUMA_EVENTS]
     rows += [(name, node_stat_value(mm, node, name)) for name in NODE_STAT_ITEMS]
     return "".join(f"{name} {value}\n" for name, value in rows)
