@@ -20,16 +20,17 @@ import argparse
 import errno
 import logging
 import os
-import re
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rinuxfs.errors import KernelError
 from rinuxfs.printk import LogRecord
 from rinuxfs.runtime import (
+    DaemonRecord,
     daemon_of,
     log_file,
     pid_file,
@@ -159,24 +160,27 @@ def _remove_dead_mount(path: Path, shown: Path) -> None:
     if fstype != "fuse.rinuxfs":
         raise UsageError(f"mount point {shown} holds a dead {fstype or 'FUSE'} mount whose daemon is gone: "
                          f"unmount it first (fusermount3 -u {path})")
-    record = daemon_of(path)
+    _unmount_dead(path, shown, daemon_of(path),
+                  lambda who: f"rinuxfs mount: {shown}: the rinuxfs daemon{who} mounted there had died: "
+                              "removed its dead mount")
+
+
+def _unmount_dead(path: Path, shown: Path, record: DaemonRecord | None, said: Callable[[str], str]) -> None:
+    """Unmount a mount whose daemon died, say so and drop the daemon's pid file.
+
+    The line printed is `said` of " (pid N)", naming the daemon, or of "" when its pid is not on record.
+    """
     _fusermount_u(path, shown)
+    print(said(f" (pid {record.pid})" if record else ""), file=sys.stderr)
     pid_file(path).unlink(missing_ok=True)
-    who = f" (pid {record.pid})" if record else ""
-    print(f"rinuxfs mount: {shown}: the rinuxfs daemon{who} mounted there had died: removed its dead mount",
-          file=sys.stderr)
 
 
 def mounted_fstype(path: Path) -> str | None:
     """The type of the filesystem mounted last at `path`, from /proc/self/mountinfo (None: nothing is)."""
-    fstype = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040 is a space
-            if point == str(path):
-                fstype = fields[fields.index("-") + 1]
-    return fstype
+    from rinuxfs.daemon import mounts_at
+
+    mounts = mounts_at(path)
+    return mounts[-1][mounts[-1].index("-") + 1] if mounts else None
 
 
 def _echo_to_logging(record: LogRecord) -> None:
@@ -271,8 +275,10 @@ def _fork_daemon(kernel: object, mountpoint: Path, image: Path) -> int:
     status = 0
     try:
         def ready() -> None:
+            nonlocal write_end
             os.write(write_end, b"ready\n")
             os.close(write_end)
+            write_end = -1  # closed: the next file opened may get its number
 
         _serve(kernel, mountpoint, ready)
     except UsageError as e:
@@ -291,8 +297,10 @@ def _fork_daemon(kernel: object, mountpoint: Path, image: Path) -> int:
 
 
 def _tell_parent(pipe: int, text: str) -> None:
-    """Answer a parent still waiting for "ready"; once it has that answer the pipe is closed: nothing to do."""
-    try:
+    """Answer a parent still waiting for "ready"; once it has that answer the pipe is closed (-1): nothing to do."""
+    if pipe < 0:
+        return
+    try:  # the parent may be gone (EPIPE)
         os.write(pipe, text.encode())
     except OSError:
         pass
@@ -308,17 +316,17 @@ def cmd_umount(mountpoint: Path) -> int:
     if not dead and not os.path.ismount(target):
         sweep()
         raise UsageError(f"{mountpoint}: not mounted")
-    _fusermount_u(target, mountpoint)
     if dead:
-        who = f" (pid {record.pid})" if record else ""
-        print(f"rinuxfs umount: {mountpoint}: the daemon{who} had died: removed its dead mount", file=sys.stderr)
-        pid_file(target).unlink(missing_ok=True)
-    elif record is not None:
-        _wait_for_exit(record.pid, timeout=60.0)
-        logfile = log_file(target)
-        if logfile.exists() and logfile.stat().st_size:  # the daemon keeps its log only when it failed
-            raise UsageError(f"{mountpoint}: unmounted, but the daemon failed: {_last_line(logfile)} "
-                             f"(its log: {logfile})")
+        _unmount_dead(target, mountpoint, record,
+                      lambda who: f"rinuxfs umount: {mountpoint}: the daemon{who} had died: removed its dead mount")
+    else:
+        _fusermount_u(target, mountpoint)
+        if record is not None:
+            _wait_for_exit(record.pid, timeout=60.0)
+            logfile = log_file(target)
+            if logfile.exists() and logfile.stat().st_size:  # the daemon keeps its log only when it failed
+                raise UsageError(f"{mountpoint}: unmounted, but the daemon failed: {_last_line(logfile)} "
+                                 f"(its log: {logfile})")
     sweep()
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,18 @@ def may_allow_other() -> bool:
         return False
 
 
+def mounts_at(path: Path) -> list[list[str]]:
+    """The /proc/self/mountinfo lines, split into fields, of the mounts at `path`, the last mounted last."""
+    mounts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040 is a space
+            if point == str(path):
+                mounts.append(fields)
+    return mounts
+
+
 READ_AHEAD_KB = 1024  # FUSE's max request size (max_pages 256): one READ per MiB of readahead
 
 
@@ -62,8 +75,7 @@ def tune_readahead(mountpoint: Path) -> str:
     caps the bdi readahead when it processes our INIT reply, so this must run
     after INIT (see `after_init` in `serve`).
     """
-    with open("/proc/self/mountinfo") as f:
-        devs = [line.split()[2] for line in f if line.split()[4] == str(mountpoint)]
+    devs = [fields[2] for fields in mounts_at(mountpoint)]
     if not devs:
         return "mount not found in mountinfo"
     if os.geteuid() != 0:
@@ -129,8 +141,6 @@ def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> Non
 
                 nursery.start_soon(watch_signals)
                 nursery.start_soon(after_init)
-                # One request at a time: no handler awaits, so more workers would overlap nothing, and
-                # the kernel's state is only ever seen between two requests, never in the middle of one.
                 kernel.start(nursery)  # kswapd and the flusher: cancelled with the nursery at the end
                 nursery.start_soon(kernel.workqueue.worker)  # the kworker: deferred driver work between requests
                 # The boot's objects never die: out of the collector's sight. Requests make many
@@ -138,6 +148,8 @@ def serve(kernel: Kernel, mountpoint: Path, on_ready: Callable[[], None]) -> Non
                 # the collector from sweeping a millions-strong heap every few hundred of them.
                 gc.freeze()
                 gc.set_threshold(20_000, 20, 20)
+                # One request at a time: no handler awaits, so more workers would overlap nothing, and
+                # the kernel's state is only ever seen between two requests, never in the middle of one.
                 await pyfuse3.main(min_tasks=1, max_tasks=1)
                 ended_by_host = not stopped_by_signal  # fusermount3 -u: the mount is already gone
                 nursery.cancel_scope.cancel()

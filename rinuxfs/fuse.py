@@ -87,8 +87,6 @@ class RinuxOperations(pyfuse3.Operations):
         super().__init__()
         self.kernel = kernel
         self.vfs = kernel.vfs
-        self.vfs.forget_entry = lambda parent, name: pyfuse3.invalidate_entry_async(parent.ino, name,
-                                                                                   ignore_enoent=True)
         self.ids = ids or IdMap()
         self.vfs.entry_gone = self._entry_gone
 

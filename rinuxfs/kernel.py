@@ -58,7 +58,7 @@ from rinuxfs.ksysfs import register_kernel_attrs
 from rinuxfs.lib.fault_inject import FaultAttr, FaultEnv
 from rinuxfs.lib.serial import drive_serial
 from rinuxfs.mm.bdev_mapping import BlockDeviceMapping
-from rinuxfs.mm.core import MAX_NUMNODES, MemoryManager
+from rinuxfs.mm.core import MemoryManager
 from rinuxfs.mm.fail_page_alloc import FailPageAlloc
 from rinuxfs.mm.memblock import (
     KERNEL_BSS_KB,
@@ -189,10 +189,6 @@ class Kernel:
         self.fail_page_alloc.debugfs(debugfs)
         self.machine_faults = debugfs_create_dir("rinuxfs", debugfs)  # the test bench's knobs, not Linux's
 
-    def _current_task(self) -> Task | None:
-        """The task a fault check runs for, if the machine knows it (a plain lookup: no adoption)."""
-        return self.tasks.tasks.get(self.current.pid) if hasattr(self, "tasks") else None
-
     def _whoami(self) -> tuple[int, int, str]:
         task = self.tasks.get(self.current.pid) if hasattr(self, "tasks") else None
         if task is None:
@@ -208,8 +204,6 @@ class Kernel:
                 f"--mem {format_size(mem)}: RAM must be a multiple of 4K between {format_size(MIN_MEM)}"
                 f" and {format_size(MAX_MEM)}",
             )
-        if not 1 <= c.numa <= MAX_NUMNODES:
-            raise KernelError(errno.EINVAL, f"--numa must be between 1 and {MAX_NUMNODES}, not {c.numa}")
         try:
             mm = MemoryManager(mem, c.cpus, c.numa, prealloc=c.mem_prealloc, current_cpu=self.current_cpu,
                                current_pid=self.current_pid, log=self.log)

@@ -63,7 +63,7 @@ class DevSuperBlock(SuperBlock):
         node = self.nodes.pop(name, None)
         if node is not None and self.root.static.get(name.encode()) is node:
             del self.root.static[name.encode()]
-            self.vfs.forget_entry(self.root, name.encode())  # the host's cached name goes at once
+            self.vfs.entry_gone(self.root.ino, name.encode())  # the host's cached name goes at once
 
     def options(self) -> str:
         return "rw,mode=755"

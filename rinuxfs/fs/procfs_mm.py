@@ -302,7 +302,8 @@ def build_proc_sys_vm(vm: GenDir, k: Kernel) -> None:
 
     _int_sysctl(vm, "dirty_writeback_centisecs", lambda: t.dirty_writeback_centisecs, set_dirty_writeback,
                 0, INT_MAX)
-    # The _bytes and _ratio forms exclude each other: setting one clears the other (page-writeback.c).
+    # A non-zero _bytes value clears its _ratio (overcommit_kbytes excepted); a _ratio write leaves _bytes
+    # as it is.
     _int_sysctl(vm, "dirty_bytes", lambda: t.dirty_bytes, lambda v: _set_pair(t, "dirty_bytes", "dirty_ratio", v,
                                                                                2 * 4096), 0, ULONG_MAX)
     _int_sysctl(vm, "dirty_background_bytes", lambda: t.dirty_background_bytes,
@@ -311,10 +312,7 @@ def build_proc_sys_vm(vm: GenDir, k: Kernel) -> None:
                 lambda v: _set_pair(t, "overcommit_kbytes", "overcommit_ratio", v, 0), 0, ULONG_MAX)
 
     def drop_caches(text: str) -> None:
-        values = parse_ints(text, 1, 1, 4)
-        if values is None:
-            return
-        mode = values[0]
+        mode = parse_ints(text, 1, 1, 4)[0]
         mm.reclaimer.drop_caches(mode)
         if not mode & 4 and not k.drop_caches_quiet:
             task = k.tasks.get(k.current_pid())

@@ -34,7 +34,6 @@ class SysSuperBlock(KernfsSuperBlock):
 
     def __init__(self, vfs: Vfs, core: DriverCore) -> None:
         super().__init__(vfs)
-        self.core = core
         self.root = SysDir(self, None, core.root, mode=0o555)
         core.root.removal_listeners.append(self.entry_removed)
 

@@ -307,16 +307,14 @@ class Vfs:
         self.dirs: dict[int, DirHandle] = {}
         self.snapshots = SnapshotCache(SNAPSHOT_BUDGET)
         # Set by the FUSE adapter: tells the host to drop a name it may have cached (d_invalidate), such
-        # as the /proc entry of a process that exited, so the inodes behind it are forgotten.
+        # as the /proc entry of a process that exited or a disk removed under /dev, so the inodes behind it
+        # are forgotten. A no-op without a host.
         self.entry_gone: Callable[[int, bytes], None] = lambda parent_ino, name: None
         self._next_fh = 1
         self.mounts: list[Mount] = []
         self._mount_on: dict[int, Mount] = {}  # covered inode number -> mount
         self._next_mount_id = 20
         self._next_anon_minor = 20
-        # Set by the FUSE side: tell the host to forget a name it may hold in its dentry cache, for an
-        # entry that went away without a syscall (a disk removed under /dev). A no-op without a host.
-        self.forget_entry: Callable[[Inode, bytes], None] = lambda parent, name: None
 
     # --- inode numbers and the kernel's references ---------------------------------------
 
