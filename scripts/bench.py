@@ -106,11 +106,17 @@ def drop_host_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def dd_mbps(source: Path, skip_mib: int = 0, count_mib: int = PART_MIB) -> float:
+def timed_mbps(cmd: list[str], mib: int) -> float:
+    """MB/s of a command that moves `mib` MiB."""
     t = time.perf_counter()
-    subprocess.run(["dd", f"if={source}", "of=/dev/null", "bs=1M", f"skip={skip_mib}", f"count={count_mib}"],
-                   check=True, capture_output=True)
-    return count_mib * (1 << 20) / (time.perf_counter() - t) / 1e6
+    subprocess.run(cmd, check=True, capture_output=True)
+    return mib * (1 << 20) / (time.perf_counter() - t) / 1e6
+
+
+def dd_mbps(source: Path, skip_mib: int = 0, count_mib: int = PART_MIB) -> float:
+    """A read of `count_mib` MiB of `source` from `skip_mib` on, 1 MiB blocks, as dd does it."""
+    return timed_mbps(["dd", f"if={source}", "of=/dev/null", "bs=1M", f"skip={skip_mib}", f"count={count_mib}"],
+                      count_mib)
 
 
 def make_storage_image(path: Path) -> int:
@@ -213,12 +219,6 @@ def make_swap_image(path: Path) -> int:
     return 1
 
 
-def timed_mbps(cmd: list[str], mib: int) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    return mib * (1 << 20) / (time.perf_counter() - t) / 1e6
-
-
 def swap_bench(base: Path, mnt: Path, rounds: int) -> int:
     """3x RAM streamed through tmpfs into a 1 GiB swap partition and back, beside dd of the same bytes."""
     image = base / "swap.img"
@@ -235,29 +235,26 @@ def swap_bench(base: Path, mnt: Path, rounds: int) -> int:
             out_raw.append(timed_mbps(["dd", f"if={data}", f"of={image}", "bs=1M", f"seek={skip + 1}",
                                        "conv=notrunc,fsync"], SWAP_STREAM_MIB))
             drop_host_caches()
-            in_raw.append(timed_mbps(["dd", f"if={image}", "of=/dev/null", "bs=1M", f"skip={skip + 1}",
-                                      f"count={SWAP_STREAM_MIB}"], SWAP_STREAM_MIB))
+            in_raw.append(dd_mbps(image, skip + 1, SWAP_STREAM_MIB))
             with open(image, "r+b") as f:  # the header back as mkswap wrote it
                 f.seek(1 << 20)
                 f.write(header)
             subprocess.run([*RINUXFS, "mount", str(image), str(mnt), "--mem", SWAP_MEM, "--tmpfs-size", "1G"],
                            check=True)
             try:
-                from rinuxfs.cli import pid_file
-
-                pid = int(pid_file(mnt.resolve()).read_text().split()[0])
-                peak = [0.0]
+                pid = daemon_pid(mnt)
+                peak = 0.0
                 target = mnt / "tmp" / "stream"
                 t = time.perf_counter()
                 proc = subprocess.Popen(["dd", f"if={data}", f"of={target}", "bs=1M"], stderr=subprocess.DEVNULL)
                 while proc.poll() is None:
-                    peak[0] = max(peak[0], _rss_mib(pid))
+                    peak = max(peak, _rss_mib(pid) or 0.0)
                     time.sleep(0.05)
                 subprocess.run(["sync"], check=True)
                 out_r.append(SWAP_STREAM_MIB * (1 << 20) / (time.perf_counter() - t) / 1e6)
-                rss.append(peak[0])
+                rss.append(peak)
                 drop_host_caches()
-                in_r.append(timed_mbps(["dd", f"if={target}", "of=/dev/null", "bs=1M"], SWAP_STREAM_MIB))
+                in_r.append(dd_mbps(target, 0, SWAP_STREAM_MIB))  # the whole file
             finally:
                 subprocess.run([*RINUXFS, "umount", str(mnt)], check=False)
     finally:
@@ -274,34 +271,42 @@ def swap_bench(base: Path, mnt: Path, rounds: int) -> int:
         print(f"{label:<10} {med(raw):>22.1f} {med(mine):>13.1f} {ratio:>7.3f} {target:>7.3f}"
               f" {'ok' if ratio >= target else 'BELOW TARGET'}")
     peak_rss = max(rss)
-    limit = 256 + 100
+    limit = int(SWAP_MEM.removesuffix("M")) + 100
     failed |= peak_rss >= limit
     print(f"daemon RSS while streaming: peak {peak_rss:.1f} MiB (must stay below --mem + 100 MiB = {limit} MiB)"
           f" {'ok' if peak_rss < limit else 'ABOVE LIMIT'}")
     return 1 if failed else 0
 
 
-def _rss_mib(pid: int) -> float:
+def daemon_pid(mnt: Path) -> int:
+    """The pid of the daemon serving `mnt`, from its pid file."""
+    from rinuxfs.runtime import daemon_of
+
+    record = daemon_of(mnt.resolve())
+    if record is None:
+        raise RuntimeError(f"no daemon on record for {mnt}")
+    return record.pid
+
+
+def _rss_mib(pid: int) -> float | None:
+    """VmRSS of `pid` in MiB; None once it has gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return 0.0
+    return None
 
 
 # --- machines of any size -------------------------------------------------------------------------
 
 
 def daemon_rss_mib(mnt: Path) -> float:
-    from rinuxfs.cli import pid_file
-
-    pid = int(pid_file(mnt.resolve()).read_text().split()[0])
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    rss = _rss_mib(daemon_pid(mnt))
+    if rss is None:
+        raise RuntimeError("no VmRSS")
+    return rss
 
 
 def machine_bench(base: Path, mnt: Path, rounds: int) -> int:

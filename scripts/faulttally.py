@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import mmap
 import os
 import re
 import shutil
@@ -33,15 +32,30 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# The fault tests' own disk: 32 MiB of pseudo-random bytes under a GPT (disks/tests-io.sfdisk).
-from tests.integration.storage_helpers import MIB, SECTOR, THREE_PARTS_GPT, sfdisk_image  # noqa: E402
+# wait_until(..., 5): names under sys/ and dev/ come and go asynchronously for the host's dentry cache.
+from tests.conftest import mount, wait_until  # noqa: E402
 
-PAGE = 4096
-P1, P2, P4 = 2048, 18432, 34816  # first sectors of partitions 1, 2 and 4 (tests-io.sfdisk)
-PART_START = {1: P1, 2: P2, 4: P4}
-RINUXFS = [sys.executable, "-m", "rinuxfs"]
+# The fault tests' own disk: 32 MiB of pseudo-random bytes under a GPT (disks/tests-io.sfdisk).
+from tests.integration.storage_helpers import (  # noqa: E402
+    MIB,
+    PAGE,
+    RATELIMIT_SECONDS,
+    SECTOR,
+    THREE_PARTS,
+    THREE_PARTS_GPT,
+    Log,
+    errno_of,
+    klines,
+    read_direct,
+    sfdisk_image,
+    uptime,
+    write_attr,
+    write_direct,
+)
+
+PART_START = {n: start for n, (start, _) in THREE_PARTS.items()}  # first sectors of partitions 1, 2 and 4
+P1, P4 = PART_START[1], PART_START[4]
 ROUND_TIMEOUT = 120  # s: a round that takes longer is a hung daemon, reported rather than waited on
-RATELIMIT_SECONDS, RATELIMIT_BURST = 5, 10  # printk_ratelimited's DEFAULT_RATELIMIT_{INTERVAL,BURST}
 
 # printk_ratelimited call sites whose lines may be legitimately missing in a fast loop: each pattern
 # matches exactly one line per allowed call, so ten of them in the last interval prove the limit was hit.
@@ -50,162 +64,29 @@ SITE_BLK_REQ_ERROR = re.compile(r"^[\w/ ]+ error, dev \S+, sector ")
 SITE_SD_FAILED = re.compile(r"\] tag#\d+ FAILED Result: ")
 
 
-# --- the mount -----------------------------------------------------------------------------------
-
-
-def is_mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Names under sys/ and dev/ come and go asynchronously for the host's dentry cache: poll briefly."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+# --- the mount and errors ------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
 def mounted(image: Path, mnt: Path, controller: str) -> Iterator[Path]:
-    """`rinuxfs mount` the image; always `rinuxfs umount` it, and end the daemon this mount started."""
-    from rinuxfs.runtime import daemon_of, process_running
-
+    """`rinuxfs mount` the image; always unmount it, and end the daemon this mount started."""
     mnt.mkdir()
-    result = subprocess.run([*RINUXFS, "mount", str(image), str(mnt), "--controller", controller],
-                            capture_output=True, text=True, timeout=60)
-    record = daemon_of(mnt)  # our private runtime directory: this daemon is the one we started
     try:
-        if result.returncode != 0 or not is_mounted(mnt):
-            raise RuntimeError(f"rinuxfs mount --controller {controller} failed: {result.stderr.strip()}")
-        yield mnt
+        m = mount(image, mnt, "--controller", controller)
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"rinuxfs mount --controller {controller} failed: {e.stderr.strip()}") from None
+    try:
+        yield m.path
     finally:
-        if is_mounted(mnt):
-            done = subprocess.run([*RINUXFS, "umount", str(mnt)], capture_output=True, text=True, timeout=120)
-            if done.returncode != 0:
-                print(f"faulttally: rinuxfs umount {mnt}: {done.stderr.strip()}", file=sys.stderr)
-            if is_mounted(mnt):  # umount failed: never leave a mount behind
-                subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, capture_output=True)
-        if record is not None and not wait_until(lambda: not process_running(record.pid), 30):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(record.pid, signal.SIGKILL)  # our daemon, by its pid, and only if it would not exit
+        try:
+            m.unmount()  # `rinuxfs umount`, else a lazy unmount; our daemon killed, by its pid, if it would not exit
+        except AssertionError as e:
+            print(f"faulttally: unmount of {mnt}: {e}", file=sys.stderr)
 
 
-# --- I/O and views ---------------------------------------------------------------------------------
-
-
-def read_direct(path: Path, offset: int, size: int = PAGE) -> bytes:
-    """One O_DIRECT pread into a page-aligned buffer, so it reaches the device past the page cache."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    buf = mmap.mmap(-1, max(size, PAGE))
-    try:
-        n = os.preadv(fd, [memoryview(buf)[:size]], offset)
-        return bytes(buf[:n])
-    finally:
-        buf.close()
-        os.close(fd)
-
-
-def write_direct(path: Path, offset: int, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
-    buf = mmap.mmap(-1, max(len(data), PAGE))
-    buf[: len(data)] = data
-    try:
-        if os.pwritev(fd, [memoryview(buf)[: len(data)]], offset) != len(data):
-            raise OSError(errno.EIO, "short O_DIRECT write")
-    finally:
-        buf.close()
-        os.close(fd)
-
-
-def errno_of(call: Callable[[], object]) -> int:
-    """The errno `call` fails with, 0 if it succeeds."""
-    try:
-        call()
-    except OSError as e:
-        return e.errno or -1
-    return 0
-
-
-def put(path: Path, value: str) -> int:
-    """One write(2) of an attribute, as `echo value > path` does; 0 or the errno."""
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except OSError as e:
-        return e.errno or -1
-    try:
-        os.write(fd, value.encode())
-    except OSError as e:
-        return e.errno or -1
-    finally:
-        os.close(fd)
-    return 0
-
-
-@dataclass(frozen=True)
-class KLine:
-    ts: float
-    text: str
-    raw: str
-
-
-def kmsg(m: Path) -> list[KLine]:
-    lines = []
-    for raw in (m / "proc/kmsg").read_text().splitlines():
-        head, _, text = raw.partition("] ")
-        lines.append(KLine(float(head.split("[", 1)[1]), text, raw))
-    return lines
-
-
-def uptime(m: Path) -> float:
-    return float((m / "proc/uptime").read_text().split()[0])
-
-
-class Log:
-    """The kernel log printed since it was made.
-
-    The ring holds 4096 records, so a line count would stop moving once it is full: the start is
-    found by the last few raw lines (timestamped, so they do not repeat) instead.
-    """
-
-    def __init__(self, m: Path) -> None:
-        self.m = m
-        self.mark = [line.raw for line in kmsg(m)[-8:]]
-        self.t0 = uptime(m)
-        self.all: list[KLine] = []
-        self.new: list[KLine] = []
-
-    def refresh(self) -> list[str]:
-        self.all = kmsg(self.m)
-        raws = [line.raw for line in self.all]
-        k = len(self.mark)
-        start = 0  # the mark fell off the ring: everything there is is new
-        for i in range(len(raws) - k, -1, -1):
-            if raws[i : i + k] == self.mark:
-                start = i + k
-                break
-        self.new = self.all[start:]
-        return self.lines()
-
-    def lines(self) -> list[str]:
-        return [line.text for line in self.new]
-
-    def count(self, text: str) -> int:
-        return sum(text in line.text for line in self.new)
-
-    def has(self, text: str) -> bool:
-        return self.count(text) > 0
-
-    def ratelimited(self, site: re.Pattern[str]) -> bool:
-        """Could a message of this printk_ratelimited site have been suppressed during this log?
-
-        A message suppressed at time t means RATELIMIT_BURST lines of its site in [t - interval, t],
-        and t is after this log was made: so at least that many since t0 - interval.
-        """
-        since = self.t0 - RATELIMIT_SECONDS - 0.02
-        return sum(1 for line in self.all if line.ts >= since and site.search(line.text)) >= RATELIMIT_BURST
+def ename(e: OSError) -> str:
+    """The errno's name, as the tally prints it."""
+    return errno.errorcode.get(e.errno or 0, str(e))
 
 
 # --- the tally -------------------------------------------------------------------------------------
@@ -283,6 +164,14 @@ class Machine:
         start = PART_START[n] * SECTOR + offset
         return self.original[start : start + size]
 
+    def read_known(self, r: Round, offset: int, failed: str = "the read failed") -> bytes | None:
+        """O_DIRECT read of known data at `offset` of partition 1; None, and a failed recovery, if it errs."""
+        try:
+            return read_direct(self.dev(1), offset)
+        except OSError as e:
+            r.after(False, f"{failed}: {ename(e)}")
+            return None
+
     def scan_line(self) -> str:
         """check_partition's line: a name ending in a digit gets its partitions printed as p1, p2, ..."""
         names = [f"p{n}" if self.disk[-1].isdigit() else self.part(n) for n in PART_START]
@@ -322,26 +211,26 @@ class Machine:
             # Only what differs is written: writing surprise_removal or a knob's 0 again is an event of its own.
             with contextlib.suppress(OSError):
                 if (self.m / path).read_text() != value:
-                    put(self.m / path, value.strip())
+                    write_attr(self.m / path, value.strip())
         now = self.snapshot()
         return [f"{p} is {now[p].strip()!r}, was {v.strip()!r}" for p, v in self.baseline.items() if now[p] != v]
 
     def bring_back_nvme(self) -> None:
         """A removed controller: unplug the function and rescan the bus, as one does on Linux."""
-        put(self.m / f"sys/kernel/debug/rinuxfs/{self.ctrl}/surprise_removal", "0")
+        write_attr(self.m / f"sys/kernel/debug/rinuxfs/{self.ctrl}/surprise_removal", "0")
         fn = self.m / f"sys/bus/pci/devices/{self.pci}"
         if fn.exists():
-            put(fn / "remove", "1")
-            wait_until(lambda: not os.path.lexists(fn))
-        put(self.m / "sys/bus/pci/rescan", "1")
-        wait_until(lambda: self.dev(2).exists())
+            write_attr(fn / "remove", "1")
+            wait_until(lambda: not os.path.lexists(fn), 5)
+        write_attr(self.m / "sys/bus/pci/rescan", "1")
+        wait_until(lambda: self.dev(2).exists(), 5)
 
     def bring_back_ahci(self) -> None:
         """A pulled or deleted disk: plug it back in, then ask the SCSI host to scan, as one does on Linux."""
-        put(self.m / f"sys/kernel/debug/rinuxfs/{self.ctrl}/surprise_removal", "0")
-        if not wait_until(lambda: self.dev(2).exists()):
-            put(self.m / "sys/class/scsi_host/host0/scan", "- - -")
-            wait_until(lambda: self.dev(2).exists())
+        write_attr(self.m / f"sys/kernel/debug/rinuxfs/{self.ctrl}/surprise_removal", "0")
+        if not wait_until(lambda: self.dev(2).exists(), 5):
+            write_attr(self.m / "sys/class/scsi_host/host0/scan", "- - -")
+            wait_until(lambda: self.dev(2).exists(), 5)
 
     def probe(self, r: Round, rnd: int) -> None:
         """The next ordinary read of known data: O_DIRECT through dev/<part 2>, at a page that moves each round."""
@@ -349,7 +238,7 @@ class Machine:
         try:
             got = read_direct(self.dev(2), offset)
         except OSError as e:
-            r.after(False, f"probe read of {self.part(2)}@{offset}: {errno.errorcode.get(e.errno or 0, e)}")
+            r.after(False, f"probe read of {self.part(2)}@{offset}: {ename(e)}")
             return
         r.after(got == self.known(2, offset), f"probe read of {self.part(2)}@{offset}: wrong bytes")
 
@@ -365,11 +254,11 @@ class Machine:
 
 def fail_make_request(mc: Machine, r: Round, n: int) -> None:
     m, d = mc.m, "sys/kernel/debug/fail_make_request"
-    put(m / f"sys/block/{mc.disk}/make-it-fail", "1")
-    put(m / f"{d}/verbose", "1")  # the FAULT_INJECTION lines without a dump_stack: the ring holds 4096
-    put(m / f"{d}/times", "1")
+    write_attr(m / f"sys/block/{mc.disk}/make-it-fail", "1")
+    write_attr(m / f"{d}/verbose", "1")  # the FAULT_INJECTION lines without a dump_stack: the ring holds 4096
+    write_attr(m / f"{d}/times", "1")
     log = Log(m)
-    put(m / f"{d}/probability", "100")
+    write_attr(m / f"{d}/probability", "100")
     offset = (n % 500) * PAGE
     r.need(errno_of(lambda: read_direct(mc.dev(1), offset)) == errno.EIO, "the injected read did not fail with EIO")
     log.refresh()
@@ -381,19 +270,16 @@ def fail_make_request(mc: Machine, r: Round, n: int) -> None:
 
 def fail_io_timeout(mc: Machine, r: Round, n: int) -> None:
     m, d = mc.m, "sys/kernel/debug/fail_io_timeout"
-    put(m / f"sys/block/{mc.disk}/io-timeout-fail", "1")
-    put(m / f"{d}/verbose", "1")
-    put(m / f"{d}/times", "1")
+    write_attr(m / f"sys/block/{mc.disk}/io-timeout-fail", "1")
+    write_attr(m / f"{d}/verbose", "1")
+    write_attr(m / f"{d}/times", "1")
     timeout = int((m / f"sys/block/{mc.disk}/queue/io_timeout").read_text()) / 1000
     tmo0 = int((m / f"sys/block/{mc.disk}/device/iotmo_cnt").read_text(), 16) if mc.controller == "ahci" else 0
     log = Log(m)
-    put(m / f"{d}/probability", "100")
+    write_attr(m / f"{d}/probability", "100")
     offset = (n % 500) * PAGE
-    try:  # the completion is dropped; the driver's timeout handling must get the data after all
-        got: bytes | None = read_direct(mc.dev(1), offset)
-    except OSError as e:
-        got = None
-        r.after(False, f"the timed-out read failed: {errno.errorcode.get(e.errno or 0, e)}")
+    # the completion is dropped; the driver's timeout handling must get the data after all
+    got = mc.read_known(r, offset, "the timed-out read failed")
     waited = uptime(m) - log.t0
     log.refresh()
     r.need(log.has("name fail_io_timeout, interval 1, probability 100, space 0, times 1"), "no FAULT_INJECTION line")
@@ -418,18 +304,14 @@ def fail_io_timeout(mc: Machine, r: Round, n: int) -> None:
 def nvme_status_retried(mc: Machine, r: Round, n: int) -> None:
     m, fi = mc.m, f"sys/kernel/debug/{mc.disk}/fault_inject"
     times = 1 + n % 5  # up to nvme_max_retries (5): the last attempt succeeds
-    put(m / f"{fi}/status", "0x281")  # Unrecovered Read Error, no DNR: nvme_decide_disposition retries it
-    put(m / f"{fi}/dont_retry", "N")
-    put(m / f"{fi}/verbose", "1")
-    put(m / f"{fi}/times", str(times))
+    write_attr(m / f"{fi}/status", "0x281")  # Unrecovered Read Error, no DNR: nvme_decide_disposition retries it
+    write_attr(m / f"{fi}/dont_retry", "N")
+    write_attr(m / f"{fi}/verbose", "1")
+    write_attr(m / f"{fi}/times", str(times))
     log = Log(m)
-    put(m / f"{fi}/probability", "100")
+    write_attr(m / f"{fi}/probability", "100")
     offset = (n % 500) * PAGE
-    try:
-        got: bytes | None = read_direct(mc.dev(1), offset)
-    except OSError as e:
-        got = None
-        r.after(False, f"the read failed although retries remained: {errno.errorcode.get(e.errno or 0, e)}")
+    got = mc.read_known(r, offset, "the read failed although retries remained")
     log.refresh()
     r.need(log.count("FAULT_INJECTION: forcing a failure.") == times,
            f"{log.count('FAULT_INJECTION: forcing a failure.')} failures forced, not {times}")
@@ -440,12 +322,12 @@ def nvme_status_retried(mc: Machine, r: Round, n: int) -> None:
 
 def nvme_status_dont_retry(mc: Machine, r: Round, n: int) -> None:
     m, fi = mc.m, f"sys/kernel/debug/{mc.disk}/fault_inject"
-    put(m / f"{fi}/status", "0x6")  # Internal Error: nvme_error_status's default, BLK_STS_IOERR
-    put(m / f"{fi}/dont_retry", "Y")
-    put(m / f"{fi}/verbose", "1")
-    put(m / f"{fi}/times", "1")
+    write_attr(m / f"{fi}/status", "0x6")  # Internal Error: nvme_error_status's default, BLK_STS_IOERR
+    write_attr(m / f"{fi}/dont_retry", "Y")
+    write_attr(m / f"{fi}/verbose", "1")
+    write_attr(m / f"{fi}/times", "1")
     log = Log(m)
-    put(m / f"{fi}/probability", "100")
+    write_attr(m / f"{fi}/probability", "100")
     offset = (n % 500) * PAGE
     r.need(errno_of(lambda: read_direct(mc.dev(1), offset)) == errno.EIO, "the injected read did not fail with EIO")
     log.refresh()
@@ -460,7 +342,7 @@ def badblocks(mc: Machine, r: Round, n: int) -> None:
     m, disk = mc.m, mc.disk
     page = 100 + n % 1000  # in partition 4, away from the probe's partition 2
     bad = P4 + page * 8 + 1 + n % 6  # a sector inside that page, with neighbours on both sides within it
-    r.need(put(m / f"sys/block/{disk}/badblocks", f"{bad} 1\n") == 0, "writing badblocks failed")
+    r.need(write_attr(m / f"sys/block/{disk}/badblocks", f"{bad} 1\n") == 0, "writing badblocks failed")
     r.need((m / f"sys/block/{disk}/badblocks").read_text() == f"{bad} 1\n", "badblocks does not list the range")
     log = Log(m)
     # blk_status_to_errno: a medium error is ENODATA with O_DIRECT
@@ -471,7 +353,7 @@ def badblocks(mc: Machine, r: Round, n: int) -> None:
         try:
             r.after(read_direct(mc.dev(4), off, SECTOR) == mc.known(4, off, SECTOR), f"sector {s} read wrong bytes")
         except OSError as e:
-            r.after(False, f"neighbour sector {s} failed: {errno.errorcode.get(e.errno or 0, e)}")
+            r.after(False, f"neighbour sector {s} failed: {ename(e)}")
     log.refresh()
     if mc.controller == "nvme":
         r.logged(log, "I/O Error (sct 0x2 / sc 0x81)", SITE_NVME_LOG_ERROR, "Unrecovered Read Error")
@@ -485,24 +367,21 @@ def badblocks(mc: Machine, r: Round, n: int) -> None:
     try:
         write_direct(mc.dev(4), page * PAGE, mc.known(4, page * PAGE))
     except OSError as e:
-        r.after(False, f"the write over the bad sector failed: {errno.errorcode.get(e.errno or 0, e)}")
+        r.after(False, f"the write over the bad sector failed: {ename(e)}")
     r.after((m / f"sys/block/{disk}/badblocks").read_text() == "", "the write did not clear the bad range")
     try:
         r.after(read_direct(mc.dev(4), page * PAGE) == mc.known(4, page * PAGE), "the rewritten page reads wrong")
     except OSError as e:
-        r.after(False, f"the rewritten page does not read: {errno.errorcode.get(e.errno or 0, e)}")
+        r.after(False, f"the rewritten page does not read: {ename(e)}")
 
 
 def nvme_controller_fatal(mc: Machine, r: Round, n: int) -> None:
     m, knob = mc.m, f"sys/kernel/debug/rinuxfs/{mc.ctrl}/controller_fatal_status"
     log = Log(m)
-    put(m / knob, "1")
+    write_attr(m / knob, "1")
     offset = (n % 500) * PAGE
-    try:  # noticed when the command times out (nvme-pci has no health poll), then the reset, then retried
-        got: bytes | None = read_direct(mc.dev(1), offset)
-    except OSError as e:
-        got = None
-        r.after(False, f"the read failed: {errno.errorcode.get(e.errno or 0, e)}")
+    # noticed when the command times out (nvme-pci has no health poll), then the reset, then retried
+    got = mc.read_known(r, offset)
     log.refresh()
     r.need(log.has("nvme nvme0: controller is down; will reset: CSTS=0x3, PCI_STATUS=0x10"),
            "no 'controller is down; will reset: CSTS=0x3' line")
@@ -517,13 +396,9 @@ def nvme_lost_commands(mc: Machine, r: Round, n: int) -> None:
     m, knob = mc.m, f"sys/kernel/debug/rinuxfs/{mc.ctrl}/lost_commands"
     lost = 1 + n % 3  # each attempt lost is aborted, then reset and retried: fewer than nvme_max_retries
     log = Log(m)
-    put(m / knob, str(lost))
+    write_attr(m / knob, str(lost))
     offset = (n % 500) * PAGE
-    try:
-        got: bytes | None = read_direct(mc.dev(1), offset)
-    except OSError as e:
-        got = None
-        r.after(False, f"the read failed: {errno.errorcode.get(e.errno or 0, e)}")
+    got = mc.read_known(r, offset)
     log.refresh()
     r.need(log.count("timeout, aborting req_op:READ(0) size:4096") == lost,
            f"{log.count('timeout, aborting')} aborts, not {lost}")
@@ -538,23 +413,24 @@ def nvme_lost_commands(mc: Machine, r: Round, n: int) -> None:
 def nvme_surprise_removal(mc: Machine, r: Round, n: int) -> None:
     m = mc.m
     log = Log(m)
-    put(m / f"sys/kernel/debug/rinuxfs/{mc.ctrl}/surprise_removal", "1")
+    write_attr(m / f"sys/kernel/debug/rinuxfs/{mc.ctrl}/surprise_removal", "1")
     r.need(errno_of(lambda: read_direct(mc.dev(1), (n % 500) * PAGE)) == errno.EIO, "the read did not fail with EIO")
     log.refresh()
     r.need(log.has("nvme nvme0: controller is down; will reset: CSTS=0xffffffff, PCI_STATUS=0xffff"),
            "no 'CSTS=0xffffffff' line")
     r.after(log.has("nvme nvme0: Disabling device after reset failure: -19"), "no 'Disabling device' line")
     r.after(log.has(f"{mc.disk}: detected capacity change from 65536 to 0"), "no capacity change to 0")
-    r.after(wait_until(lambda: not os.path.lexists(m / f"sys/block/{mc.disk}") and not os.path.lexists(mc.dev(2))),
+    r.after(wait_until(lambda: not os.path.lexists(m / f"sys/block/{mc.disk}") and not os.path.lexists(mc.dev(2)),
+                       5),
             "the dead disk did not leave sys/ and dev/")
     # A new card in the slot: the function is removed and found again by a PCI rescan.
-    put(m / f"sys/kernel/debug/rinuxfs/{mc.ctrl}/surprise_removal", "0")
+    write_attr(m / f"sys/kernel/debug/rinuxfs/{mc.ctrl}/surprise_removal", "0")
     fn = m / f"sys/bus/pci/devices/{mc.pci}"
-    r.after(put(fn / "remove", "1") == 0, "PCI remove failed")
-    r.after(wait_until(lambda: not os.path.lexists(fn)), "the PCI function did not go")
+    r.after(write_attr(fn / "remove", "1") == 0, "PCI remove failed")
+    r.after(wait_until(lambda: not os.path.lexists(fn), 5), "the PCI function did not go")
     log = Log(m)
-    r.after(put(m / "sys/bus/pci/rescan", "1") == 0, "PCI rescan failed")
-    r.after(wait_until(lambda: mc.dev(2).exists()), "dev/ did not come back after the rescan")
+    r.after(write_attr(m / "sys/bus/pci/rescan", "1") == 0, "PCI rescan failed")
+    r.after(wait_until(lambda: mc.dev(2).exists(), 5), "dev/ did not come back after the rescan")
     log.refresh()
     r.after(log.has("nvme nvme0: 2/0/0 default/read/poll queues"), "no queues line after the rescan")
     r.after(log.has(mc.scan_line()), "the partitions were not scanned again")
@@ -564,13 +440,9 @@ def nvme_surprise_removal(mc: Machine, r: Round, n: int) -> None:
 def ahci_interface_fatal(mc: Machine, r: Round, n: int) -> None:
     m = mc.m
     log = Log(m)
-    put(m / f"sys/kernel/debug/rinuxfs/{mc.ctrl}/interface_fatal_error", "0x400000")  # SError.H: handshake
+    write_attr(m / f"sys/kernel/debug/rinuxfs/{mc.ctrl}/interface_fatal_error", "0x400000")  # SError.H: handshake
     offset = (n % 500) * PAGE
-    try:
-        got: bytes | None = read_direct(mc.dev(1), offset)
-    except OSError as e:
-        got = None
-        r.after(False, f"the read failed: {errno.errorcode.get(e.errno or 0, e)}")
+    got = mc.read_known(r, offset)
     log.refresh()
     r.need(log.has("ata1.00: irq_stat 0x08000000, interface fatal error"), "no 'interface fatal error' line")
     r.need(log.has("ata1: SError: { Handshk }"), "no SError line")
@@ -585,13 +457,9 @@ def ahci_task_file_retried(mc: Machine, r: Round, n: int) -> None:
     m, knob = mc.m, f"sys/kernel/debug/rinuxfs/{mc.ctrl}/task_file_error"
     errors = 1 + n % 5  # sd retries up to 5 times: the last attempt succeeds
     log = Log(m)
-    put(m / knob, str(errors))
+    write_attr(m / knob, str(errors))
     offset = (n % 500) * PAGE
-    try:
-        got: bytes | None = read_direct(mc.dev(1), offset)
-    except OSError as e:
-        got = None
-        r.after(False, f"the read failed although retries remained: {errno.errorcode.get(e.errno or 0, e)}")
+    got = mc.read_known(r, offset, "the read failed although retries remained")
     log.refresh()
     r.need(log.count("ata1.00: error: { ABRT }") == errors, f"{log.count('error: { ABRT }')} ABRT errors, not {errors}")
     r.after(got is None or got == mc.known(1, offset), "the retried read returned wrong bytes")
@@ -603,7 +471,7 @@ def ahci_task_file_retried(mc: Machine, r: Round, n: int) -> None:
 def ahci_task_file_exhausted(mc: Machine, r: Round, n: int) -> None:
     m, knob = mc.m, f"sys/kernel/debug/rinuxfs/{mc.ctrl}/task_file_error"
     log = Log(m)
-    put(m / knob, "6")  # the first attempt and sd's 5 retries
+    write_attr(m / knob, "6")  # the first attempt and sd's 5 retries
     offset = (n % 500) * PAGE
     r.need(errno_of(lambda: read_direct(mc.dev(1), offset)) == errno.EIO, "the read did not fail with EIO")
     log.refresh()
@@ -618,16 +486,17 @@ def ahci_task_file_exhausted(mc: Machine, r: Round, n: int) -> None:
 def ahci_surprise_removal(mc: Machine, r: Round, n: int) -> None:
     m, knob = mc.m, f"sys/kernel/debug/rinuxfs/{mc.ctrl}/surprise_removal"
     log = Log(m)
-    put(m / knob, "1")
-    r.need(wait_until(lambda: not os.path.lexists(m / f"sys/block/{mc.disk}") and not os.path.lexists(mc.dev(2))),
+    write_attr(m / knob, "1")
+    r.need(wait_until(lambda: not os.path.lexists(m / f"sys/block/{mc.disk}") and not os.path.lexists(mc.dev(2)),
+                      5),
            "the disk did not leave sys/ and dev/")
     log.refresh()
     r.need(log.has("ata1: irq_stat 0x00400040, connection status changed"), "no 'connection status changed' line")
     r.after(log.has("ata1: SATA link down (SStatus 0 SControl 300)"), "no 'link down' line")
     r.after(log.has("ata1.00: detaching (SCSI 0:0:0:0)"), "no 'detaching' line")
     log = Log(m)
-    put(m / knob, "0")  # plugged back in: the link comes up and the disk is attached again, same name
-    r.after(wait_until(lambda: mc.dev(2).exists()), "the disk did not come back in dev/")
+    write_attr(m / knob, "0")  # plugged back in: the link comes up and the disk is attached again, same name
+    r.after(wait_until(lambda: mc.dev(2).exists(), 5), "the disk did not come back in dev/")
     log.refresh()
     r.after(log.has("ata1: SATA link up 1.5 Gbps (SStatus 113 SControl 300)"), "no 'link up' line")
     r.after(log.has("ata1.00: configured for UDMA/133"), "no 'configured' line")
@@ -637,12 +506,12 @@ def ahci_surprise_removal(mc: Machine, r: Round, n: int) -> None:
 def fail_page_alloc(mc: Machine, r: Round, n: int) -> None:
     m, d = mc.m, "sys/kernel/debug/fail_page_alloc"
     name = m / f"tmp/faulttally-{n}"
-    put(m / f"{d}/verbose", "1")
-    put(m / f"{d}/times", "1")
-    put(m / f"{d}/ignore-gfp-wait", "N")  # the defaults exempt every allocation here (all may sleep)
-    put(m / f"{d}/min-order", "0")  # and order-0 pages, which is what a tmpfs page is
+    write_attr(m / f"{d}/verbose", "1")
+    write_attr(m / f"{d}/times", "1")
+    write_attr(m / f"{d}/ignore-gfp-wait", "N")  # the defaults exempt every allocation here (all may sleep)
+    write_attr(m / f"{d}/min-order", "0")  # and order-0 pages, which is what a tmpfs page is
     log = Log(m)
-    put(m / f"{d}/probability", "100")  # last: the next page allocation anywhere is the one that fails
+    write_attr(m / f"{d}/probability", "100")  # last: the next page allocation anywhere is the one that fails
     data = os.urandom(PAGE)
     r.need(errno_of(lambda: name.write_bytes(data)) == errno.ENOMEM, "the tmp/ write did not fail with ENOMEM")
     log.refresh()
@@ -653,7 +522,7 @@ def fail_page_alloc(mc: Machine, r: Round, n: int) -> None:
         name.write_bytes(data)
         r.after(name.read_bytes() == data, "the tmp/ file reads back wrong")
     except OSError as e:
-        r.after(False, f"the tmp/ write still fails: {errno.errorcode.get(e.errno or 0, e)}")
+        r.after(False, f"the tmp/ write still fails: {ename(e)}")
     with contextlib.suppress(OSError):
         name.unlink()
     log.refresh()
@@ -714,7 +583,7 @@ def fresh_ratelimit_window(m: Path) -> None:
     it could only be checked as suppressed.
     """
     sites = (SITE_NVME_LOG_ERROR, SITE_BLK_REQ_ERROR, SITE_SD_FAILED)
-    last = max((line.ts for line in kmsg(m) if any(site.search(line.text) for site in sites)), default=None)
+    last = max((line.ts for line in klines(m) if any(site.search(line.text) for site in sites)), default=None)
     if last is None:
         return
     deadline = time.monotonic() + RATELIMIT_SECONDS + 1

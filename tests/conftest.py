@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +63,13 @@ def pid_alive(pid: int) -> bool:
     from rinuxfs.runtime import process_running
 
     return process_running(pid)
+
+
+def rss_kb(pid: int) -> int:
+    """The resident set of a host process (VmRSS), in kB."""
+    match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    assert match
+    return int(match.group(1))
 
 
 def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]

@@ -63,6 +63,11 @@ def meminfo(mnt: Path) -> dict[str, int]:
     return values
 
 
+def vmstat(mnt: Path) -> dict[str, int]:
+    """/proc/vmstat of the mount: each counter by name."""
+    return {k: int(v) for k, v in (line.split() for line in (mnt / "proc" / "vmstat").read_text().splitlines())}
+
+
 def free_rows(text: str) -> list[dict[str, int]]:
     """Every `Mem:` row `free` printed, as total/used/free/shared/buff_cache/available."""
     names = ("total", "used", "free", "shared", "buff_cache", "available")

@@ -23,22 +23,21 @@ import mmap
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.conftest import mount, pid_alive, rinuxfs, wait_until
+from tests.integration.storage_helpers import MIB, layout, sfdisk_image
+
 BLOCK = 4096
-MIB = 1 << 20
 PART_START = MIB  # sfdisk's first partition: sector 2048
 PART_SIZE = 24 * MIB
 IMAGE_SIZE = 32 * MIB
-SCRIPT = (Path(__file__).resolve().parents[2] / "disks" / "crash.sfdisk").read_text()  # p1: 24 MiB at 1 MiB
+SCRIPT = layout("crash")  # p1: 24 MiB at 1 MiB
 DEAD = (errno.ENOTCONN, errno.ECONNABORTED)
-RINUXFS = [sys.executable, "-m", "rinuxfs"]
 
 
 @dataclass
@@ -89,24 +88,6 @@ class Round:
     bad: list[str] = field(default_factory=list)
 
 
-def make_image(path: Path, seed: int) -> None:
-    """A GPT image filled with pseudo-random bytes, so that a stray write anywhere shows."""
-    rng = random.Random(seed)
-    with open(path, "wb") as f:
-        for _ in range(IMAGE_SIZE // MIB):
-            f.write(rng.randbytes(MIB))
-    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", "--wipe", "never", str(path)],
-                   input=SCRIPT, text=True, capture_output=True, check=True)
-
-
-def _daemon_pid(mountpoint: Path) -> int:
-    from rinuxfs.runtime import daemon_of
-
-    record = daemon_of(mountpoint.resolve())
-    assert record is not None, f"no daemon on record for {mountpoint}"
-    return record.pid
-
-
 def _write_stream(dev: Path, model: Model, rng: random.Random, r: Round) -> None:
     """Write until the mount dies under us; the model learns only what a returned call guarantees."""
     fds: list[int] = []
@@ -151,21 +132,22 @@ def _write_stream(dev: Path, model: Model, rng: random.Random, r: Round) -> None
 def run_round(image: Path, mountpoint: Path, model: Model, outside: tuple[bytes, bytes], rng: random.Random,
               controller: str) -> Round:
     r = Round(controller, rng.uniform(0.02, 0.6))
-    mountpoint.mkdir(exist_ok=True)
-    subprocess.run([*RINUXFS, "mount", str(image), str(mountpoint), "--controller", controller, "--mem", "64M"],
-                   check=True, capture_output=True, text=True)
-    pid = _daemon_pid(mountpoint)
+    pid = mount(image, mountpoint, "--controller", controller, "--mem", "64M").pid
     disk = "nvme0n1p1" if controller == "nvme" else "sda1"
-    timer = threading.Timer(r.delay, os.kill, (pid, signal.SIGKILL))
+    timer: threading.Timer | None = None
     try:
+        assert pid is not None, f"no daemon on record for {mountpoint}"
+        timer = threading.Timer(r.delay, os.kill, (pid, signal.SIGKILL))
         timer.start()
         _write_stream(mountpoint / "dev" / disk, model, rng, r)
     finally:
-        timer.cancel()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)  # whatever happened above, this daemon ends here
-        _wait_gone(pid)
-        cleaned = subprocess.run([*RINUXFS, "umount", str(mountpoint)], capture_output=True, text=True)
+        if timer is not None:
+            timer.cancel()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # whatever happened above, this daemon ends here
+            wait_until(lambda: not pid_alive(pid), 10)
+        cleaned = rinuxfs("umount", str(mountpoint), check=False)
     assert cleaned.returncode == 0 and "had died: removed its dead mount" in cleaned.stderr, cleaned.stderr
     with open(image, "rb") as f:
         head = f.read(PART_START)
@@ -177,18 +159,9 @@ def run_round(image: Path, mountpoint: Path, model: Model, outside: tuple[bytes,
     return r
 
 
-def _wait_gone(pid: int) -> None:
-    from rinuxfs.runtime import process_running
-
-    deadline = time.monotonic() + 10
-    while process_running(pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
 def run(workdir: Path, points: int, seed: int, log: bool = False) -> list[Round]:
     """`points` rounds over one image in `workdir`; every round's verdict, with how it was killed."""
-    image = workdir / "crash.img"
-    make_image(image, seed)
+    image = sfdisk_image(workdir / "crash.img", SCRIPT, IMAGE_SIZE, fill_seed=seed)  # a stray write anywhere shows
     with open(image, "rb") as f:
         head = f.read(PART_START)
         model = Model(bytearray(f.read(PART_SIZE)))

@@ -271,18 +271,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--mem", default="512M")
     args = parser.parse_args()
-    from tests.conftest import mount  # the same mount helper the tests use
+    from tests.conftest import make_image, mount  # the same helpers the tests use
 
     with tempfile.TemporaryDirectory(prefix="rinuxfs-load-") as base:
-        image = Path(base) / "disk.img"
-        with open(image, "wb") as f:
-            f.truncate(disk_bytes(args.procs))
-        m = mount(image, Path(base) / "mnt", "--mem", args.mem)
-        try:
+        image = make_image(Path(base) / "disk.img", disk_bytes(args.procs))
+        with mount(image, Path(base) / "mnt", "--mem", args.mem) as m:
             result = run_load(m.path, args.procs, args.seconds)
             status = daemon_status(m.pid) if m.pid else {}
-        finally:
-            m.unmount()
         on_image = image_digests(image, args.procs)
     bad = [i for i, digest in result.digests.items() if on_image[i] != digest]
     print(result.summary())

@@ -9,10 +9,13 @@ loop devices. What the mount should show is computed from the image with
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import mmap
 import os
 import random
+import re
 import shlex
 import shutil
 import subprocess
@@ -27,6 +30,7 @@ from tests.conftest import Mounted, mount
 
 MIB = 1 << 20
 SECTOR = 512
+PAGE = 4096
 ENV = {**os.environ, "LC_ALL": "C"}
 CONTROLLERS = ["nvme", "ahci"]
 
@@ -43,8 +47,9 @@ GPT_SCRIPT = layout("tests-gpt")
 GPT_PARTS = {1: (2048, 32768), 2: (34816, 32768), 4: (67584, 61440)}  # number: (start, sectors)
 SWAP_UUID = "11111111-2222-3333-4444-555555555555"
 
-# Partitions 1, 2 and 4 of 8 MiB, 8 MiB and the rest (of a 32 MiB disk: starts 2048, 18432, 34816).
+# Partitions 1, 2 and 4 of 8 MiB, 8 MiB and the rest of a 32 MiB disk.
 THREE_PARTS_GPT = layout("tests-io")  # three partitions with a gap at 3 (the I/O and fault tests)
+THREE_PARTS = {1: (2048, 16384), 2: (18432, 16384), 4: (34816, 28672)}  # number: (start, sectors), sfdisk's
 
 # An extended partition with two logicals (storage.md §3.3).
 MBR_SCRIPT = layout("tests-mbr")
@@ -189,6 +194,74 @@ def kmsg(mnt: Mounted) -> str:
     return (mnt / "proc/kmsg").read_text()
 
 
+def uptime(m: Path | Mounted) -> float:
+    return float((m / "proc/uptime").read_text().split()[0])
+
+
+RATELIMIT_SECONDS, RATELIMIT_BURST = 5, 10  # printk_ratelimited's DEFAULT_RATELIMIT_{INTERVAL,BURST}
+
+
+@dataclass(frozen=True)
+class KLine:
+    ts: float
+    text: str
+    raw: str
+
+
+def klines(m: Path | Mounted) -> list[KLine]:
+    """proc/kmsg, line by line: the timestamp, the text after it, and the line as printed."""
+    lines = []
+    for raw in (m / "proc/kmsg").read_text().splitlines():
+        head, _, text = raw.partition("] ")
+        lines.append(KLine(float(head.split("[", 1)[1]), text, raw))
+    return lines
+
+
+class Log:
+    """The kernel log printed since it was made, as of the last `refresh()`.
+
+    The ring holds 4096 records, so a line count would stop moving once it is full: the start is
+    found by the last few raw lines (timestamped, so they do not repeat) instead.
+    """
+
+    def __init__(self, m: Path | Mounted) -> None:
+        self.m = m
+        self.mark = [line.raw for line in klines(m)[-8:]]
+        self.t0 = uptime(m)
+        self.all: list[KLine] = []
+        self.new: list[KLine] = []
+
+    def refresh(self) -> list[str]:
+        self.all = klines(self.m)
+        raws = [line.raw for line in self.all]
+        k = len(self.mark)
+        start = 0  # the mark fell off the ring: everything there is is new
+        for i in range(len(raws) - k, -1, -1):
+            if raws[i : i + k] == self.mark:
+                start = i + k
+                break
+        self.new = self.all[start:]
+        return self.lines()
+
+    def lines(self) -> list[str]:
+        return [line.text for line in self.new]
+
+    def count(self, text: str) -> int:
+        return sum(text in line.text for line in self.new)
+
+    def has(self, text: str) -> bool:
+        return self.count(text) > 0
+
+    def ratelimited(self, site: re.Pattern[str]) -> bool:
+        """Could a message of this printk_ratelimited site have been suppressed during this log?
+
+        A message suppressed at time t means RATELIMIT_BURST lines of its site in [t - interval, t],
+        and t is after this log was made: so at least that many since t0 - interval.
+        """
+        since = self.t0 - RATELIMIT_SECONDS - 0.02
+        return sum(1 for line in self.all if line.ts >= since and site.search(line.text)) >= RATELIMIT_BURST
+
+
 def errno_of(call: Callable[[], object]) -> int:
     """The errno `call` fails with, 0 if it does not."""
     try:
@@ -211,6 +284,31 @@ def write_attr(path: Path, value: str) -> int:
     finally:
         os.close(fd)
     return 0
+
+
+def read_direct(path: Path, offset: int, size: int = PAGE) -> bytes:
+    """One O_DIRECT pread into a page-aligned buffer, so it reaches the device past the page cache."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, max(size, PAGE))
+    try:
+        n = os.preadv(fd, [memoryview(buf)[:size]], offset)
+        return bytes(buf[:n])
+    finally:
+        buf.close()
+        os.close(fd)
+
+
+def write_direct(path: Path, offset: int, data: bytes) -> None:
+    """One O_DIRECT pwrite from a page-aligned buffer; a short write is EIO."""
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, max(len(data), PAGE))
+    buf[: len(data)] = data
+    try:
+        if os.pwritev(fd, [memoryview(buf)[: len(data)]], offset) != len(data):
+            raise OSError(errno.EIO, "short O_DIRECT write")
+    finally:
+        buf.close()
+        os.close(fd)
 
 
 def sha(data: bytes) -> str:
@@ -248,14 +346,9 @@ def mount_or_fail(image: Path, mountpoint: Path, *extra: str) -> Mounted:
         pytest.fail(f"rinuxfs mount {' '.join(extra)} failed: {last[0]}", pytrace=False)
 
 
-@contextlib.contextmanager
-def mounted(image: Path, mountpoint: Path, *extra: str) -> Iterator[Mounted]:
-    """A mount that is always unmounted, whatever the test does."""
-    m = mount_or_fail(image, mountpoint, *extra)
-    try:
-        yield m
-    finally:
-        m.unmount()
+def mounted(image: Path, mountpoint: Path, *extra: str) -> Mounted:
+    """mount_or_fail() for a `with`, which unmounts whatever the test does."""
+    return mount_or_fail(image, mountpoint, *extra)
 
 
 class MountCache:
@@ -282,17 +375,30 @@ class MountCache:
         return self._live[key]
 
     def close(self) -> None:
-        for m in self._live.values():
-            m.unmount()
+        """Unmount every mount, even after one failed to unmount cleanly; then report all that did."""
+        problems = []
+        for key, m in self._live.items():
+            try:
+                m.unmount()
+            except Exception as e:  # every mount is unmounted before any failure is raised
+                problems.append(f"{key}: {e}")
+        self._live.clear()
+        assert not problems, "; ".join(problems)
 
 
 @contextlib.contextmanager
-def per_controller_mounts(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Mounted]]:
+def per_controller_mounts(image: Path, tmp_path_factory: pytest.TempPathFactory, base: Path | None = None,
+                          ) -> Iterator[Callable[[str], Mounted]]:
     """One mount per controller, each of its own copy of `image`, made on first use and unmounted on the way out.
 
     Two machines never share one writable disk: the image lock refuses a second read-write mount.
+    The mount points are temporary directories of pytest's, or `base`/<controller> if given.
     """
-    cache = MountCache(lambda key: tmp_path_factory.mktemp(f"mnt-{key}"))
+
+    def where(key: str) -> Path:
+        return base / key if base is not None else tmp_path_factory.mktemp(f"mnt-{key}")
+
+    cache = MountCache(where)
 
     def get(controller: str) -> Mounted:
         copy = image.with_name(f"{image.stem}-{controller}{image.suffix}")

@@ -15,7 +15,6 @@ a short retry, as the host keeps a name of sys/ or dev/ in its dentry cache for 
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import subprocess
 import sys
@@ -28,21 +27,25 @@ from tests.conftest import Mounted, wait_until
 from tests.integration.storage_helpers import (
     CTRL,
     MIB,
+    PAGE,
     SECTOR,
+    THREE_PARTS,
     THREE_PARTS_GPT,
     Controller,
+    Log,
     diskstats,
     errno_of,
     image_slice,
-    kmsg,
     mounted,
+    read_direct,
     sfdisk_image,
+    uptime,
     write_attr,
+    write_direct,
 )
 
-P1, P2 = 2048, 18432  # first sectors of partitions 1 and 2
+P1, P2, P4 = (THREE_PARTS[n][0] for n in (1, 2, 4))  # first sectors of partitions 1, 2 and 4
 BAD = P2 + 8 * 100 + 3  # a sector inside page 100 of partition 2
-PAGE = 4096
 
 
 @pytest.fixture(scope="module")
@@ -87,49 +90,8 @@ def put(m: Mounted, path: str, value: str) -> int:
     return write_attr(m / path, value)
 
 
-def read_direct(m: Mounted, dev: str, offset: int, size: int = PAGE) -> bytes:
-    """An O_DIRECT pread (page-aligned buffer); OSError as the syscall gives it."""
-    fd = os.open(m / f"dev/{dev}", os.O_RDONLY | os.O_DIRECT)
-    buf = mmap.mmap(-1, size)
-    try:
-        n = os.preadv(fd, [buf], offset)
-        return bytes(buf[:n])
-    finally:
-        buf.close()
-        os.close(fd)
-
-
-def write_direct(m: Mounted, dev: str, offset: int, data: bytes) -> None:
-    fd = os.open(m / f"dev/{dev}", os.O_WRONLY | os.O_DIRECT)
-    buf = mmap.mmap(-1, len(data))
-    buf[:] = data
-    try:
-        assert os.pwritev(fd, [buf], offset) == len(data)
-    finally:
-        buf.close()
-        os.close(fd)
-
-
-class Log:
-    """The kernel log's lines printed since it was made."""
-
-    def __init__(self, m: Mounted) -> None:
-        self.m = m
-        self.start = len(kmsg(m).splitlines())
-
-    def lines(self) -> list[str]:
-        return [line.split("] ", 1)[1] for line in kmsg(self.m).splitlines()[self.start :]]
-
-    def count(self, text: str) -> int:
-        return sum(text in line for line in self.lines())
-
-
-def uptime(m: Mounted) -> float:
-    return float((m / "proc/uptime").read_text().split()[0])
-
-
 def reads_like_image(m: Mounted, dev: str, image: Path, base_sector: int, offset: int, size: int = PAGE) -> bool:
-    return read_direct(m, dev, offset, size) == image_slice(image, base_sector * SECTOR + offset, size)
+    return read_direct(m / f"dev/{dev}", offset, size) == image_slice(image, base_sector * SECTOR + offset, size)
 
 
 def gone(path: Path) -> bool:
@@ -204,9 +166,9 @@ def test_a_bad_sector_fails_its_page_only_and_a_write_remaps_it(m: Mounted, ctrl
     finally:
         os.close(fd)
     # O_DIRECT gets blk_status_to_errno: a medium error is ENODATA; the sector before it reads.
-    assert errno_of(lambda: read_direct(m, part, (BAD - P2) * SECTOR, SECTOR)) == errno.ENODATA
+    assert errno_of(lambda: read_direct(m / f"dev/{part}", (BAD - P2) * SECTOR, SECTOR)) == errno.ENODATA
     assert reads_like_image(m, part, image, P2, (BAD - P2 - 1) * SECTOR, SECTOR)
-    lines = log.lines()
+    lines = log.refresh()
     sector = BAD if ctrl.name == "ahci" else P2 + 800  # sd names the bad LBA; NVMe the request's first sector
     assert f"critical medium error, dev {disk}, sector {sector} op 0x0:(READ) flags 0x0 phys_seg 1 prio class 2" \
         in lines
@@ -227,9 +189,9 @@ def test_a_bad_sector_fails_its_page_only_and_a_write_remaps_it(m: Mounted, ctrl
     assert diskstats(m)[part][0] > before  # failed requests are counted too
     # A write over the bad range remaps it, as a drive reallocates a sector it rewrites.
     new = os.urandom(PAGE)
-    write_direct(m, part, 100 * PAGE, new)
+    write_direct(m / f"dev/{part}", 100 * PAGE, new)
     assert (m / f"sys/block/{disk}/badblocks").read_text() == ""
-    assert read_direct(m, part, 100 * PAGE) == new
+    assert read_direct(m / f"dev/{part}", 100 * PAGE) == new
     with open(m / f"dev/{part}", "rb") as f:
         f.seek(100 * PAGE)
         assert f.read(PAGE) == new
@@ -245,11 +207,11 @@ def test_make_it_fail_fails_that_partitions_bios_in_the_block_layer(nvme: Mounte
     assert put(m, "sys/kernel/debug/fail_make_request/probability", "100") == 0
     assert put(m, "sys/kernel/debug/fail_make_request/times", "2") == 0
     log = Log(m)
-    assert errno_of(lambda: read_direct(m, "nvme0n1p1", 0)) == errno.EIO
+    assert errno_of(lambda: read_direct(m / "dev/nvme0n1p1", 0)) == errno.EIO
     assert reads_like_image(m, "nvme0n1p2", image, P2, 0)  # another partition is not touched
     assert reads_like_image(m, "nvme0n1", image, 0, P1 * SECTOR)  # nor the whole disk: its own flag is 0
     assert (m / "sys/kernel/debug/fail_make_request/times").read_text() == "1\n"
-    lines = log.lines()
+    lines = log.refresh()
     assert lines.count("FAULT_INJECTION: forcing a failure.") == 1
     assert "name fail_make_request, interval 1, probability 100, space 0, times 2" in lines
     assert " should_fail_bio" in lines and " </TASK>" in lines
@@ -257,8 +219,8 @@ def test_make_it_fail_fails_that_partitions_bios_in_the_block_layer(nvme: Mounte
     # The whole disk's flag catches the partition's bios too (should_fail_bio looks at the disk first).
     assert put(m, "sys/block/nvme0n1/nvme0n1p1/make-it-fail", "0") == 0
     assert put(m, "sys/block/nvme0n1/make-it-fail", "1") == 0
-    assert errno_of(lambda: read_direct(m, "nvme0n1p2", PAGE)) == errno.EIO
-    assert errno_of(lambda: read_direct(m, "nvme0n1p2", PAGE)) == 0  # times ran out
+    assert errno_of(lambda: read_direct(m / "dev/nvme0n1p2", PAGE)) == errno.EIO
+    assert errno_of(lambda: read_direct(m / "dev/nvme0n1p2", PAGE)) == 0  # times ran out
     # What sscanf("%d") cannot parse leaves the flag alone, and the write still succeeds.
     assert put(m, "sys/block/nvme0n1/make-it-fail", "on") == 0
     assert (m / "sys/block/nvme0n1/make-it-fail").read_text() == "1\n"
@@ -330,13 +292,12 @@ def test_io_timeout_fail_runs_the_drivers_timeout_handling(m: Mounted, ctrl: Con
     t0, ms0 = uptime(m), diskstats(m)[disk][3]
     assert reads_like_image(m, disk, image, 0, 5 * PAGE)  # the completion was dropped, then recovered
     waited = uptime(m) - t0
-    lines = log.lines()
+    lines = log.refresh()
     assert "name fail_io_timeout, interval 1, probability 100, space 0, times 1" in lines
     if ctrl.name == "nvme":
         # nvme_timeout: the first expiry aborts; the abort does not find it; the second resets; retried
-        assert any(line.startswith("nvme nvme0: I/O tag ") and line.endswith(
-            "opcode 0x2 (I/O Cmd) QID 1 timeout, aborting req_op:READ(0) size:4096") or line.endswith(
-            "opcode 0x2 (I/O Cmd) QID 2 timeout, aborting req_op:READ(0) size:4096") for line in lines)
+        aborting = tuple(f"opcode 0x2 (I/O Cmd) QID {qid} timeout, aborting req_op:READ(0) size:4096" for qid in (1, 2))
+        assert any(line.startswith("nvme nvme0: I/O tag ") and line.endswith(aborting) for line in lines)
         assert "nvme nvme0: Abort status: 0x0" in lines
         assert any(line.endswith("timeout, reset controller") for line in lines)
         assert "nvme nvme0: 2/0/0 default/read/poll queues" in lines
@@ -361,22 +322,25 @@ def test_nvme_fault_inject_status_and_retries(nvme: Mounted, image: Path) -> Non
     assert put(m, f"{fi}/verbose", "1") == 0
     log = Log(m)
     # The defaults: Invalid Command Opcode with DNR: not retried, EOPNOTSUPP
-    assert errno_of(lambda: read_direct(m, "nvme0n1p1", 0)) == errno.EOPNOTSUPP
-    assert "nvme0n1: I/O Cmd(0x2) @ LBA 2048, 8 blocks, I/O Error (sct 0x0 / sc 0x1) DNR " in log.lines()
+    assert errno_of(lambda: read_direct(m / "dev/nvme0n1p1", 0)) == errno.EOPNOTSUPP
+    lines = log.refresh()
+    assert "nvme0n1: I/O Cmd(0x2) @ LBA 2048, 8 blocks, I/O Error (sct 0x0 / sc 0x1) DNR " in lines
     assert "operation not supported error, dev nvme0n1, sector 2048 op 0x0:(READ) flags 0x800 phys_seg 1 " \
-           "prio class 2" in log.lines()
+           "prio class 2" in lines
     assert log.count("FAULT_INJECTION: forcing a failure.") == 1
     # Unrecovered Read Error without DNR, 3 times: retried, and the 4th attempt succeeds
     assert put(m, f"{fi}/status", "0x281") == 0 and put(m, f"{fi}/dont_retry", "N") == 0
     assert put(m, f"{fi}/times", "3") == 0
     log = Log(m)
     assert reads_like_image(m, "nvme0n1p1", image, P1, PAGE)
+    log.refresh()
     assert log.count("FAULT_INJECTION: forcing a failure.") == 3 and not log.count("error, dev")
     # Always: nvme_max_retries 5, so 6 attempts, then the error once
     assert put(m, f"{fi}/times", "-1") == 0
     log = Log(m)
     before = diskstats(m)["nvme0n1"][0]
-    assert errno_of(lambda: read_direct(m, "nvme0n1p1", 2 * PAGE)) == errno.ENODATA
+    assert errno_of(lambda: read_direct(m / "dev/nvme0n1p1", 2 * PAGE)) == errno.ENODATA
+    log.refresh()
     assert log.count("FAULT_INJECTION: forcing a failure.") == 6
     assert log.count("nvme0n1: I/O Cmd(0x2) @ LBA 2064, 8 blocks, I/O Error (sct 0x2 / sc 0x81) ") == 1
     assert log.count("critical medium error, dev nvme0n1, sector 2064") == 1
@@ -392,7 +356,7 @@ def test_nvme_fatal_status_resets_the_controller(nvme: Mounted, image: Path) -> 
     t0 = uptime(m)
     assert reads_like_image(m, "nvme0n1p2", image, P2, 0)
     assert uptime(m) - t0 >= 30  # noticed when the command timed out: nvme-pci has no health poll
-    lines = log.lines()
+    lines = log.refresh()
     assert lines[:2] == ["nvme nvme0: controller is down; will reset: CSTS=0x3, PCI_STATUS=0x10",
                          "nvme nvme0: 2/0/0 default/read/poll queues"]
     assert (m / "sys/kernel/debug/rinuxfs/nvme0/controller_fatal_status").read_text() == "0\n"
@@ -404,14 +368,15 @@ def test_nvme_lost_commands_are_aborted_then_reset_and_never_retried_forever(nvm
     assert put(m, knob, "1") == 0
     log = Log(m)
     assert reads_like_image(m, "nvme0n1p2", image, P2, 3 * PAGE)
-    lines = log.lines()
+    lines = log.refresh()
     assert len(lines) == 4 and lines[1:] == ["nvme nvme0: Abort status: 0x0", lines[2],
                                              "nvme nvme0: 2/0/0 default/read/poll queues"]
     assert lines[0].endswith("timeout, aborting req_op:READ(0) size:4096") and lines[2].endswith(
         "timeout, reset controller")
     assert put(m, knob, "10") == 0
     log = Log(m)
-    assert errno_of(lambda: read_direct(m, "nvme0n1p2", 4 * PAGE)) == errno.EIO
+    assert errno_of(lambda: read_direct(m / "dev/nvme0n1p2", 4 * PAGE)) == errno.EIO
+    log.refresh()
     assert log.count("timeout, reset controller") == 6  # 6 attempts, each cancelled by a reset
     assert log.count("nvme0n1: I/O Cmd(0x2) @ LBA 18464, 8 blocks, I/O Error (sct 0x3 / sc 0x71) ") == 1
     assert log.count("I/O error, dev nvme0n1, sector 18464 op 0x0:(READ) flags 0x800 phys_seg 1 prio class 2") == 1
@@ -425,7 +390,7 @@ def test_nvme_reset_and_rescan_controller(nvme: Mounted, image: Path) -> None:
     log = Log(m)
     assert put(m, "sys/class/nvme/nvme0/reset_controller", "1") == 0
     assert put(m, "sys/class/nvme/nvme0/rescan_controller", "1") == 0
-    assert log.lines() == ["nvme nvme0: 2/0/0 default/read/poll queues"]  # and nothing for an unchanged size
+    assert log.refresh() == ["nvme nvme0: 2/0/0 default/read/poll queues"]  # and nothing for an unchanged size
     assert reads_like_image(m, "nvme0n1", image, 0, 7 * PAGE)
 
 
@@ -434,7 +399,7 @@ def test_nvme_admin_fault_inject_makes_a_reset_fail(nvme: Mounted) -> None:
     assert put(m, f"{fi}/probability", "100") == 0 and put(m, f"{fi}/verbose", "0") == 0
     log = Log(m)
     assert put(m, "sys/class/nvme/nvme0/reset_controller", "1") == errno.ENETRESET
-    assert log.lines()[:3] == ["nvme nvme0: Identify Controller failed (16385)",  # 0x4001: the default, DNR
+    assert log.refresh()[:3] == ["nvme nvme0: Identify Controller failed (16385)",  # 0x4001: the default, DNR
                                "nvme nvme0: Disabling device after reset failure: -5",
                                "nvme0n1: detected capacity change from 65536 to 0"]
     assert wait_until(lambda: gone(m / "dev/nvme0n1"), 5)
@@ -449,8 +414,8 @@ def test_nvme_surprise_removal_kills_the_controller_and_pci_rescan_brings_it_bac
     try:
         assert put(m, "sys/kernel/debug/rinuxfs/nvme0/surprise_removal", "1") == 0
         log = Log(m)
-        assert errno_of(lambda: read_direct(m, "nvme0n1p1", 0)) == errno.EIO
-        lines = log.lines()
+        assert errno_of(lambda: read_direct(m / "dev/nvme0n1p1", 0)) == errno.EIO
+        lines = log.refresh()
         assert lines[:5] == [
             "nvme nvme0: controller is down; will reset: CSTS=0xffffffff, PCI_STATUS=0xffff",
             "nvme nvme0: Does your device have a faulty power saving mode enabled?",
@@ -492,14 +457,14 @@ def test_ahci_task_file_errors_are_retried_by_sd_up_to_its_limit(ahci: Mounted, 
     assert put(m, knob, "2") == 0
     log = Log(m)
     assert reads_like_image(m, "sda1", image, P1, 0)
-    lines = log.lines()
+    lines = log.refresh()
     assert lines.count("ata1.00: error: { ABRT }") == 2 and lines.count("ata1: EH complete") == 2
     assert any(line.endswith("Emask 0x401 (device error) <F>") for line in lines)
     assert not any("error, dev" in line for line in lines)
     assert put(m, knob, "9") == 0
     log = Log(m)
-    assert errno_of(lambda: read_direct(m, "sda1", PAGE)) == errno.EIO
-    lines = log.lines()
+    assert errno_of(lambda: read_direct(m / "dev/sda1", PAGE)) == errno.EIO
+    lines = log.refresh()
     assert lines.count("ata1.00: failed command: READ FPDMA QUEUED") == 6  # sd's 5 retries, then it gives up
     assert "sd 0:0:0:0: [sda] tag#0 Sense Key : Aborted Command [current] " in lines
     assert "sd 0:0:0:0: [sda] tag#0 CDB: Read(10) 28 00 00 00 08 08 00 00 08 00" in lines
@@ -515,7 +480,7 @@ def test_ahci_interface_error_hard_resets_the_link(ahci: Mounted, image: Path) -
     assert put(m, "sys/kernel/debug/rinuxfs/ata1/interface_fatal_error", "0x400000") == 0
     log = Log(m)
     assert reads_like_image(m, "sda2", image, P2, 0)
-    lines = log.lines()
+    lines = log.refresh()
     assert lines[0].startswith("ata1.00: exception Emask 0x10 SAct ") and lines[0].endswith(
         " SErr 0x400000 action 0x6 frozen")
     assert lines[1:4] == ["ata1.00: irq_stat 0x08000000, interface fatal error", "ata1: SError: { Handshk }",
@@ -535,7 +500,7 @@ def test_ahci_surprise_removal_delete_and_scan(ahci: Mounted, image: Path) -> No
         assert put(m, "sys/kernel/debug/rinuxfs/ata1/surprise_removal", "1") == 0
         assert wait_until(lambda: gone(m / "sys/block/sda") and gone(m / "dev/sda2"), 5)
         assert errno_of(lambda: os.pread(held, PAGE, 0)) == errno.EIO
-        lines = log.lines()
+        lines = log.refresh()
         assert lines[:7] == ["ata1: exception Emask 0x10 SAct 0x0 SErr 0x4050000 action 0xe frozen",
                              "ata1: irq_stat 0x00400040, connection status changed",
                              "ata1: SError: { PHYRdyChg CommWake DevExch }", "ata1: hard resetting link",
@@ -553,7 +518,7 @@ def test_ahci_surprise_removal_delete_and_scan(ahci: Mounted, image: Path) -> No
     assert wait_until(lambda: (m / "sys/block/sda/device/delete").exists(), 5)
     log = Log(m)
     assert put(m, "sys/block/sda/device/delete", "1") == 0
-    assert log.lines() == ["sd 0:0:0:0: [sda] Synchronizing SCSI cache", "sd 0:0:0:0: [sda] Stopping disk",
+    assert log.refresh() == ["sd 0:0:0:0: [sda] Synchronizing SCSI cache", "sd 0:0:0:0: [sda] Stopping disk",
                            "ata1.00: Entering standby power mode", "ata1.00: disable device"]
     assert wait_until(lambda: gone(m / "dev/sda"), 5)
     assert put(m, "sys/class/scsi_host/host0/scan", "0 1 0") == errno.EINVAL
@@ -564,7 +529,7 @@ def test_ahci_surprise_removal_delete_and_scan(ahci: Mounted, image: Path) -> No
     assert (m / "sys/block/sda/device/rescan").exists()  # found by the path the host cached before the delete
     log = Log(m)
     assert put(m, "sys/block/sda/device/rescan", "1") == 0
-    assert log.lines() == []  # an unchanged disk: nothing to say
+    assert log.refresh() == []  # an unchanged disk: nothing to say
 
 
 # --- fail_page_alloc -----------------------------------------------------------------------------
@@ -584,4 +549,4 @@ def test_fail_page_alloc_makes_allocations_fail_with_enomem(nvme: Mounted, image
     assert errno_of(lambda: (m / "tmp/d").write_bytes(b"x" * PAGE)) == errno.ENOMEM
     (m / "tmp/e").write_bytes(b"y" * PAGE)
     assert (m / "tmp/e").read_bytes() == b"y" * PAGE and (m / "tmp/a").read_bytes() == b"x" * PAGE
-    assert reads_like_image(m, "nvme0n1p4", image, 34816, 0)
+    assert reads_like_image(m, "nvme0n1p4", image, P4, 0)

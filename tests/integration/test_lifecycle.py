@@ -162,7 +162,9 @@ def test_missing_mountpoint(tmp_path: Path, blank_image: Path) -> None:
 @pytest.mark.parametrize("option,value,words", [
     ("--mem", "12X", ["12x"]), ("--tmpfs-size", "lots", ["lots"]), ("--mem", "10K", ["10k"]),
     ("--mem", "8M", ["16m", "64t"]), ("--mem", "65T", ["16m", "64t"]), ("--mem", "20001K", ["multiple of 4k"]),
-    ("--numa", "0", ["between 1 and 1024"]), ("--mem", "64M --numa 4", ["at least 32m"]),
+    ("--mem", "15M", ["between 16m and 64t"]), ("--mem", "lots", ["bad size"]),
+    ("--numa", "0", ["--numa must be between 1 and 1024"]), ("--numa", "2000", ["not 2000"]),
+    ("--mem", "64M --numa 4", ["at least 32m"]),
     ("--cpus", "0", ["between 1 and 64"]), ("--cpus", "65", ["between 1 and 64"]),
     ("--lba-size", "1024", ["1024"]), ("--controller", "scsi", ["scsi"]),
 ])

@@ -20,8 +20,7 @@ MIB = 1 << 20
 
 def test_sixty_four_processes_of_mixed_io(tmp_path: Path) -> None:
     image = make_image(tmp_path / "disk.img", disk_bytes(PROCS))
-    m = mount(image, tmp_path / "mnt", "--mem", "512M")
-    try:
+    with mount(image, tmp_path / "mnt", "--mem", "512M") as m:
         result = run_load(m.path, PROCS, SECONDS)
         print(result.summary())
         assert not result.errors, result.errors[:20]
@@ -31,6 +30,4 @@ def test_sixty_four_processes_of_mixed_io(tmp_path: Path) -> None:
         # The README's bound: 64 MiB, the simulated RAM (512 MiB at most), 1 KiB an inode, 512 bytes a file.
         assert peak <= 64 * MIB + 512 * MIB + 16 * MIB
         assert "BUG" not in (m / "proc/kmsg").read_text()
-    finally:
-        m.unmount()
     assert image_digests(image, PROCS) == result.digests, "every worker's writes reached the image"

@@ -7,13 +7,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import Mounted, daemon_pid, is_mounted, make_image, mount, rinuxfs, wait_until
 
 from rinuxfs.runtime import log_file
+from tests.compat.compat_helpers import vmstat
+from tests.conftest import Mounted, daemon_pid, is_mounted, make_image, mount, rinuxfs, wait_until
 
 MIB = 1 << 20
 FILL = """
@@ -41,8 +42,13 @@ def spawn(path: Path, mib: int, go: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, text=True)
 
 
-def vmstat(mnt: Path) -> dict[str, int]:
-    return {k: int(v) for k, v in (line.split() for line in (mnt / "proc" / "vmstat").read_text().splitlines())}
+def reap(*procs: subprocess.Popen[Any] | None) -> None:
+    """Kill whichever of these children still runs, and wait for each: none outlives its test."""
+    for p in procs:
+        if p is not None:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
 
 
 def machine(tmp_path: Path, *extra: str) -> Mounted:
@@ -59,8 +65,7 @@ def test_the_filler_dies_by_sigkill_and_everything_else_is_unharmed(tmp_path: Pa
         try:
             filler.wait(timeout=120)
         finally:
-            if filler.poll() is None:
-                filler.kill()
+            reap(filler)
         assert filler.returncode == -signal.SIGKILL
         assert vmstat(m.path)["oom_kill"] == 1
         kmsg = (m.path / "proc" / "kmsg").read_text()
@@ -80,8 +85,9 @@ def test_the_filler_dies_by_sigkill_and_everything_else_is_unharmed(tmp_path: Pa
 def test_oom_score_adj_steers_the_killer_and_then_enomem(tmp_path: Path) -> None:
     with machine(tmp_path) as m:
         holder = spawn(m.path / "tmp" / "held", 16, "hold")
-        filler = spawn(m.path / "tmp" / "fill", 200, "wait")
+        filler: subprocess.Popen[str] | None = None
         try:
+            filler = spawn(m.path / "tmp" / "fill", 200, "wait")
             holder_pid, filler_pid = int(holder.stdout.readline()), int(filler.stdout.readline())  # type: ignore[union-attr]
             assert holder.stdout.readline().strip() == "done"  # type: ignore[union-attr]
             proc = m.path / "proc"
@@ -99,10 +105,7 @@ def test_oom_score_adj_steers_the_killer_and_then_enomem(tmp_path: Path) -> None
             assert vmstat(m.path)["oom_kill"] == 1
             assert "Out of memory and no killable processes..." in (proc / "kmsg").read_text()
         finally:
-            for p in (holder, filler):
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+            reap(holder, filler)
 
 
 def test_oom_errno_kills_nothing(tmp_path: Path) -> None:
@@ -112,8 +115,7 @@ def test_oom_errno_kills_nothing(tmp_path: Path) -> None:
             assert filler.wait(timeout=120) == 3
             assert "errno 12" in filler.stdout.read()  # type: ignore[union-attr]
         finally:
-            if filler.poll() is None:
-                filler.kill()
+            reap(filler)
         assert vmstat(m.path)["oom_kill"] == 0
         assert "(--oom errno)" in (m.path / "proc" / "kmsg").read_text()
 
@@ -146,8 +148,7 @@ def test_oom_score_and_adj_follow_linux(tmp_path: Path) -> None:
             with pytest.raises(OSError):
                 (mine / "oom_adj").write_text("16")
         finally:
-            sleeper.kill()
-            sleeper.wait()
+            reap(sleeper)
 
 
 def test_panic_on_oom_stops_the_machine_and_umount_cleans_up(tmp_path: Path) -> None:
@@ -155,7 +156,10 @@ def test_panic_on_oom_stops_the_machine_and_umount_cleans_up(tmp_path: Path) -> 
     try:
         (m.path / "proc" / "sys" / "vm" / "panic_on_oom").write_text("1\n")
         filler = spawn(m.path / "tmp" / "fill", 200, "go")
-        filler.wait(timeout=120)
+        try:
+            filler.wait(timeout=120)
+        finally:
+            reap(filler)
         assert filler.returncode != 0
         assert m.pid is not None and wait_until(lambda: not Path(f"/proc/{m.pid}").exists() or
                                                 "zombie" in Path(f"/proc/{m.pid}/status").read_text(), 30)
@@ -169,7 +173,6 @@ def test_panic_on_oom_stops_the_machine_and_umount_cleans_up(tmp_path: Path) -> 
     finally:
         if is_mounted(m.path):
             m.unmount()
-        time.sleep(0)
     assert daemon_pid(m.path) is None
 
 
@@ -177,14 +180,12 @@ def test_oom_kill_allocating_task_kills_the_allocator(tmp_path: Path) -> None:
     with machine(tmp_path) as m:
         (m.path / "proc" / "sys" / "vm" / "oom_kill_allocating_task").write_text("1\n")
         holder = spawn(m.path / "tmp" / "held", 24, "hold")
-        assert holder.stdout.readline() and holder.stdout.readline().strip() == "done"  # type: ignore[union-attr]
-        filler = spawn(m.path / "tmp" / "fill", 200, "go")
+        filler: subprocess.Popen[str] | None = None
         try:
+            assert holder.stdout.readline() and holder.stdout.readline().strip() == "done"  # type: ignore[union-attr]
+            filler = spawn(m.path / "tmp" / "fill", 200, "go")
             assert filler.wait(timeout=120) == -signal.SIGKILL, "the task whose allocation failed dies"
             assert holder.poll() is None, "though the holder has more charged, it lives"
             assert vmstat(m.path)["oom_kill"] == 1
         finally:
-            for p in (holder, filler):
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+            reap(holder, filler)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +24,10 @@ DISK_GID = 6  # group "disk" on Debian
 
 
 @pytest.fixture(scope="module")
-def mnt(tmp_path_factory: pytest.TempPathFactory) -> Mounted:
+def mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
     base = tmp_path_factory.mktemp("perms")
-    m = mount(build_gpt_image(base / "disk.img"), base / "mnt")
-    try:
+    with mount(build_gpt_image(base / "disk.img"), base / "mnt") as m:
         yield m
-    finally:
-        m.unmount()
 
 
 def tree(root: Path, *tops: str) -> list[tuple[str, os.stat_result]]:

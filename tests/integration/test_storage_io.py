@@ -26,6 +26,8 @@ from tests.integration.storage_helpers import (
     CTRL,
     MIB,
     SECTOR,
+    THREE_PARTS,
+    THREE_PARTS_GPT,
     Controller,
     diskstats,
     errno_of,
@@ -40,8 +42,7 @@ from tests.integration.storage_helpers import (
     sha,
 )
 
-SCRIPT = layout("tests-io")
-PARTS = {1: (2048, 16384), 2: (18432, 16384), 4: (34816, 28672)}  # number: (start, sectors), as sfdisk lays them
+SCRIPT, PARTS = THREE_PARTS_GPT, THREE_PARTS
 
 ODD_SCRIPT = layout("tests-io-odd")  # not page-aligned, and a size that is not a page multiple
 ODD_PARTS = {1: (63, 8001), 2: (8100, 4000)}

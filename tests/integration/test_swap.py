@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mounted, mount
 
+from tests.compat.compat_helpers import meminfo, vmstat
+from tests.conftest import Mounted, mount, rss_kb
 from tests.integration.storage_helpers import MIB, SECTOR, layout, put_swap, run, sfdisk_image
 
 SWAP_START, SWAP_SECTORS = 2048, 320 * MIB // SECTOR
@@ -35,21 +36,6 @@ def region(image: Path, start_sector: int, sectors: int) -> bytes:
     with open(image, "rb") as f:
         f.seek(start_sector * SECTOR)
         return f.read(sectors * SECTOR)
-
-
-def vmstat(mnt: Path) -> dict[str, int]:
-    return {k: int(v) for k, v in (line.split() for line in (mnt / "proc" / "vmstat").read_text().splitlines())}
-
-
-def meminfo(mnt: Path) -> dict[str, int]:
-    return {line.split(":")[0]: int(line.split(":")[1].split()[0])
-            for line in (mnt / "proc" / "meminfo").read_text().splitlines()}
-
-
-def rss_kb(pid: int) -> int:
-    match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-    assert match
-    return int(match.group(1))
 
 
 def tagged_pages(n: int, salt: bytes) -> Iterator[bytes]:
@@ -77,8 +63,7 @@ def swapped(swap_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     before_header = region(swap_image, SWAP_START, 8)
     before_data = hashlib.sha256(region(swap_image, DATA_START, 64 * MIB // SECTOR)).digest()
     before_table = region(swap_image, 0, SWAP_START)
-    m = mount(swap_image, tmp_path_factory.mktemp("swapmnt") / "mnt", "--mem", MEM, "--tmpfs-size", "1G")
-    try:
+    with mount(swap_image, tmp_path_factory.mktemp("swapmnt") / "mnt", "--mem", MEM, "--tmpfs-size", "1G") as m:
         salt = os.urandom(8)
         path = m.path / "tmp" / "big"
         digest = hashlib.sha256()
@@ -93,8 +78,6 @@ def swapped(swap_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         m.salt = salt  # type: ignore[attr-defined]
         m.untouched = (before_header, before_data, before_table)  # type: ignore[attr-defined]
         yield m, digest.digest(), path
-    finally:
-        m.unmount()
 
 
 def test_swap_partition_is_activated_at_boot(swapped: tuple[Mounted, bytes, Path]) -> None:

@@ -23,9 +23,10 @@ from tests.integration.storage_helpers import (
     CONTROLLERS,
     CTRL,
     Controller,
-    MountCache,
     build_gpt_image,
     diskstats,
+    per_controller_mounts,
+    read_direct,
     write_attr,
 )
 
@@ -54,21 +55,13 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mounts(image: Path) -> Iterator[Callable[[str], Mounted]]:
+def mounts(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Mounted]]:
     base = Path(tempfile.mkdtemp(prefix="rinuxfs-devmodel-"))
     base.chmod(0o755)  # mkdtemp makes it 0700: other users could not even reach the mount
-    cache = MountCache(lambda key: base / key)
     try:
-        def get(controller: str) -> Mounted:
-            # Its own copy for each controller: the image lock refuses a second read-write mount.
-            copy = image.with_name(f"{image.stem}-{controller}{image.suffix}")
-            if not copy.exists():
-                shutil.copyfile(image, copy)
-            return cache.get(controller, copy, "--controller", controller)
-
-        yield get
+        with per_controller_mounts(image, tmp_path_factory, base) as get:
+            yield get
     finally:
-        cache.close()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -126,18 +119,9 @@ def test_io_timeout_is_written_as_linux_takes_it(mc: tuple[Mounted, Controller])
 def test_iostats_off_stops_the_accounting(mc: tuple[Mounted, Controller]) -> None:
     m, ctrl = mc
     q = m / f"sys/block/{ctrl.disk}/queue"
-    buf = bytearray(4096)
 
     def direct_read(offset: int) -> None:
-        fd = os.open(m / f"dev/{ctrl.disk}", os.O_RDONLY | os.O_DIRECT)
-        try:
-            import mmap
-
-            aligned = mmap.mmap(-1, 4096)
-            assert os.preadv(fd, [aligned], offset) == 4096
-            buf[:] = aligned[:]
-        finally:
-            os.close(fd)
+        assert len(read_direct(m / f"dev/{ctrl.disk}", offset)) == 4096
 
     try:
         assert write_attr(q / "iostats", "0") == 0
@@ -151,8 +135,8 @@ def test_iostats_off_stops_the_accounting(mc: tuple[Mounted, Controller]) -> Non
 
 
 def test_every_link_resolves_and_every_attribute_reads(mc: tuple[Mounted, Controller]) -> None:
-    m, ctrl = mc
     """A walk of the whole tree: no dangling link, no unreadable attribute, no directory error."""
+    m, ctrl = mc
     sys_dir = os.path.realpath(m / "sys")
     links = files = 0
     for top, dirs, names in os.walk(m / "sys", onerror=lambda e: pytest.fail(f"walk: {e}")):

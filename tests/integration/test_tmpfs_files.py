@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mounted, is_mounted, module_mount, pid_alive
+from tests.integration.users import outcome
 
 PAGE = 4096
 BLOCKS_PER_PAGE = PAGE // 512
@@ -418,15 +419,6 @@ def test_mknod_device_and_socket_nodes(d: Path) -> None:
 # --- robustness --------------------------------------------------------------------------
 
 
-def _attempt(fn: Callable[[], object]) -> int | str:
-    """The errno name a call failed with, or "ok"."""
-    try:
-        fn()
-    except OSError as e:
-        return errno.errorcode.get(e.errno or 0, str(e.errno))
-    return "ok"
-
-
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
@@ -479,7 +471,7 @@ def test_odd_requests_get_the_errno_the_readme_gives(mnt: Mounted, d: Path) -> N
             "truncate to MAX_LFS_FILESIZE": (lambda: os.truncate(f, (1 << 63) - 1), "ok"),
             "write the last byte": (lambda: os.pwrite(fd, b"x", (1 << 63) - 2), "ok"),
         }
-        got = {name: _attempt(fn) for name, (fn, _) in odd.items()}
+        got = {name: outcome(fn) for name, (fn, _) in odd.items()}
         assert got == {name: want for name, (_, want) in odd.items()}
         assert os.lseek(fd, 0, os.SEEK_DATA) == 0
         assert os.lseek(fd, 0, os.SEEK_HOLE) == os.fstat(fd).st_size, "the first hole is the end of the file"
@@ -495,7 +487,7 @@ def test_odd_requests_get_the_errno_the_readme_gives(mnt: Mounted, d: Path) -> N
         "rename in proc": (lambda: os.rename(mnt.path / "proc" / "meminfo", mnt.path / "proc" / "m2"), "EPERM"),
         "link in proc": (lambda: os.link(mnt.path / "proc" / "meminfo", mnt.path / "proc" / "m3"), "EPERM"),
     }
-    assert {name: _attempt(fn) for name, (fn, _) in views.items()} == {name: w for name, (_, w) in views.items()}
+    assert {name: outcome(fn) for name, (fn, _) in views.items()} == {name: w for name, (_, w) in views.items()}
     assert kmsg.read_text().count("BUG in") == bugs_before
     assert is_mounted(mnt.path)
     assert mnt.pid is not None and pid_alive(mnt.pid)
