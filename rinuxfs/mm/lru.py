@@ -71,8 +71,10 @@ a rotation on the active list clears the bit only an access sets).
 from __future__ import annotations
 
 import math
+import operator
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from itertools import repeat
 from typing import NamedTuple
 
 LRU_INACTIVE_ANON, LRU_ACTIVE_ANON, LRU_INACTIVE_FILE, LRU_ACTIVE_FILE, LRU_UNEVICTABLE = range(5)
@@ -253,8 +255,11 @@ class Lruvec:
         """`add` for a batch (a request brings in up to 256 pages at once): one dict update when no
         page brings a shadow, `add` page by page otherwise."""
         if shadows is not None and any(shadow is not None for shadow in shadows):
-            self._add_refaults(keys, anon, shadows)
-            return
+            refaults = [shadow for shadow in shadows if shadow is not None]
+            if not self._refaults_far(anon, refaults, len(keys)):
+                self._add_refaults(keys, anon, shadows)
+                return
+            self.events[_WORKINGSET_EVENTS[anon][0]] += len(refaults)
         q = self._inactive_queue(anon, True)
         flags = 0 if self.quick_demotion else PG_REFERENCED
         self._queues[q].update(dict.fromkeys(keys, flags))
@@ -262,9 +267,37 @@ class Lruvec:
         if self.on_change is not None:
             self.on_change(_QUEUE_LRU[q], len(keys))
 
+    def _refaults_far(self, anon: bool, shadows: list[int], n: int) -> bool:
+        """Whether every refault of a batch of n adds was evicted here so long ago that, whatever
+        size the lists grow to within the batch, `_test_recent` would neither activate its page
+        nor steer the adaptation: then the batch needs no judgement page by page (a stream
+        coming back from swap). A page of margin keeps float rounding on the safe side."""
+        if self.lruvec_of_node is not None and set(
+                map(operator.and_, map(operator.rshift, shadows, repeat(2)), repeat(_NODE_MASK))) != {self.node}:
+            return False
+        distance = self.nonresident_age - max(map(operator.rshift, shadows, repeat(NODES_SHIFT + 2)))
+        self._swap_free_now = self._swap_free()
+        try:
+            pages, competing = self._sizes(anon)
+        finally:
+            self._swap_free_now = None
+        pages = max(1, pages + n)  # the most the lists hold by the batch's end
+        if not self.quick_demotion:
+            return distance > competing + 1
+        t = 0 if anon else 1
+        target = self.probation_share[t] * pages
+        mix = self._probation_evictions[t]
+        kinds = set(map(operator.and_, shadows, repeat(1)))
+        if 1 in kinds and not (distance > target + 1 and distance * (1 - mix) > WORKINGSET_GHOST * target + 1):
+            return False
+        return 0 not in kinds or (distance * mix > pages - target + 1
+                                  and distance > competing + REFAULT_REACH * pages - target + 1)
+
     def _add_refaults(self, keys: list[int], anon: bool, shadows: list[int | None]) -> None:
         """`add` for a batch of which some pages bring a shadow: each refault judged on its own,
-        the lists' counters moved once per list."""
+        the lists' counters moved once per list. The sizes a refault is judged against are read
+        once and carried through the batch (each page before it joined this type's lists, the
+        activated ones its active list), as exact as reading them page by page."""
         where, queues = self._where, self._queues
         new_q = self._inactive_queue(anon, True)
         new_flags = 0 if self.quick_demotion else PG_REFERENCED
@@ -272,6 +305,9 @@ class Lruvec:
         added = [0] * len(queues)
         # Free swap is read once for the batch: the adds themselves never change it.
         self._swap_free_now = self._swap_free()
+        # An anon page activated here competes in the workingset only while swap is free.
+        grows = not anon or bool(self._swap_free_now)
+        pages, competing = self._sizes(anon)
         verdict = self._refault_verdict
         isolated = self._isolated
         refaults = 0
@@ -283,11 +319,17 @@ class Lruvec:
                     flags = None
                 else:
                     refaults += 1
-                    flags = verdict(anon, shadow)
-                q = new_q if flags is None else active_q
-                queues[q][key] = new_flags if flags is None else flags
-                where[key] = q
-                added[q] += 1
+                    flags = verdict(anon, shadow, pages, competing)
+                if flags is None:
+                    queues[new_q][key] = new_flags
+                    where[key] = new_q
+                    added[new_q] += 1
+                else:
+                    queues[active_q][key] = flags
+                    where[key] = active_q
+                    added[active_q] += 1
+                    competing += grows
+                pages += 1
         finally:
             self._swap_free_now = None
             self.events[_WORKINGSET_EVENTS[anon][0]] += refaults
@@ -361,18 +403,22 @@ class Lruvec:
         self.events[_WORKINGSET_EVENTS[anon][0]] += 1
         return self._refault_verdict(anon, shadow)
 
-    def _refault_verdict(self, anon: bool, shadow: int) -> int | None:
-        """_refault without counting the refault itself (a batch counts its refaults at once)."""
-        _, activate, restore = _WORKINGSET_EVENTS[anon]
-        events = self.events
-        workingset = bool(shadow & 1)
+    def _refault_verdict(self, anon: bool, shadow: int, pages: int = -1, competing: int = 0) -> int | None:
+        """_refault without counting the refault itself (a batch counts its refaults at once);
+        `pages` and `competing` are this lruvec's `_sizes` when the caller carries them."""
+        workingset = shadow & 1
         judge = self
         node = (shadow >> 2) & _NODE_MASK
         if node != self.node and self.lruvec_of_node is not None:
             judge = self.lruvec_of_node(node)  # decided where the eviction happened
+            pages = -1
+        if pages < 0:
+            pages, competing = judge._sizes(anon)
         distance = judge.nonresident_age - (shadow >> (NODES_SHIFT + 2))
-        if not judge._test_recent(anon, distance, workingset):
+        if not judge._test_recent(anon, distance, workingset, pages, competing):
             return None
+        _, activate, restore = _WORKINGSET_EVENTS[anon]
+        events = self.events
         self.nonresident_age += 1
         events[activate] += 1
         if not workingset:
@@ -386,24 +432,29 @@ class Lruvec:
             return self._swap_free_now
         return self.nr_swap_pages() if self.nr_swap_pages is not None else 0
 
+    def _sizes(self, anon: bool) -> tuple[int, int]:
+        """What a refault of this type is judged against: (the type's LRU pages, the workingset
+        size it competes with — Linux's workingset_test_recent: the active file list; for anon
+        the inactive file list too; while swap is free the active anon list, and for file the
+        inactive anon list too)."""
+        q = self._queues
+        swap = self._swap_free()
+        if anon:
+            competing = len(q[3]) + len(q[2]) + len(q[6])
+            return len(q[0]) + len(q[5]) + len(q[1]), competing + len(q[1]) if swap else competing
+        if swap:
+            return len(q[2]) + len(q[6]) + len(q[3]), len(q[3]) + len(q[1]) + len(q[0]) + len(q[5])
+        return len(q[2]) + len(q[6]) + len(q[3]), len(q[3])
+
     def workingset_size(self, anon: bool) -> int:
         """Linux's: the pages a refaulting page competes with (workingset_test_recent)."""
-        q = self._queues
-        size = len(q[LRU_ACTIVE_FILE])
-        if anon:
-            size += len(q[LRU_INACTIVE_FILE]) + len(q[_Q_PROBATION_FILE])
-        if self._swap_free():
-            size += len(q[LRU_ACTIVE_ANON])
-            if not anon:
-                size += len(q[LRU_INACTIVE_ANON]) + len(q[_Q_PROBATION_ANON])
-        return size
+        return self._sizes(anon)[1]
 
-    def _test_recent(self, anon: bool, distance: int, workingset: bool) -> bool:
+    def _test_recent(self, anon: bool, distance: int, workingset: int, pages: int, competing: int) -> bool:
         if not self.quick_demotion:
-            return distance <= self.workingset_size(anon)
+            return distance <= competing
         t = 0 if anon else 1
-        q = self._queues
-        pages = max(1, len(q[0]) + len(q[5]) + len(q[1]) if anon else len(q[2]) + len(q[6]) + len(q[3]))
+        pages = max(1, pages)
         share = self.probation_share[t]
         target = share * pages
         mix = self._probation_evictions[t]
@@ -419,15 +470,7 @@ class Lruvec:
         if distance * mix <= pages - target:
             step = max(1.0, target / max(pages - target, 1.0))
             self.probation_share[t] = min(PROBATION_MAX, share + step / pages)
-        # workingset_size(anon), inline: this runs once per refault
-        size = len(q[LRU_ACTIVE_FILE])
-        if anon:
-            size += len(q[LRU_INACTIVE_FILE]) + len(q[_Q_PROBATION_FILE])
-        if self._swap_free():
-            size += len(q[LRU_ACTIVE_ANON])
-            if not anon:
-                size += len(q[LRU_INACTIVE_ANON]) + len(q[_Q_PROBATION_ANON])
-        return distance <= size + REFAULT_REACH * pages - target
+        return distance <= competing + REFAULT_REACH * pages - target
 
     # --- reclaim -------------------------------------------------------------------------
 
