@@ -2,7 +2,8 @@
 
 Contract (the page cache of one shmem inode, struct address_space):
 - `pages` maps a page index (file offset >> 12) to the PFN holding it or, once the page was
-  swapped out, to its SwapEntry (as shmem keeps swap entries in its mapping). An index that is
+  swapped out, to its swap entry (as shmem keeps swap entries in its mapping; an entry's value is
+  above every PFN, swapfile.is_swap_entry). An index that is
   absent is a hole and reads as zeros; nothing is allocated for it.
 - `write(offset, data)` allocates only the pages it touches, charging them to the owner's quota
   first (ENOSPC, nothing changed), then to memory (ENOMEM, nothing changed) and to the task
@@ -38,7 +39,7 @@ from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.mm.page_alloc import WMARK_LOW
 from rinuxfs.mm.pagelock import PageLocks
-from rinuxfs.mm.swapfile import SwapEntry
+from rinuxfs.mm.swapfile import SWP_ENTRY_TAG, SwapEntry, is_swap_entry
 from rinuxfs.mm.vmscan import SwapPlug
 
 _PAGE_MASK = PAGE_SIZE - 1
@@ -68,7 +69,7 @@ class AddressSpace:
         self.account_items = account_items
         self.huge_policy = huge  # the mount's huge= option: never | always | within_size | advise
         self.huge: set[int] | None = None  # first indexes of the 2 MiB folios the file holds
-        self.pages: dict[int, int | SwapEntry] = {}
+        self.pages: dict[int, int] = {}  # index -> PFN, or swap entry
         self.nr_swapped = 0
         self.shadows: dict[int, int] | None = None  # index -> the LRU's shadow of a page that went to swap
         self.locks = PageLocks()  # index ranges of the requests in progress
@@ -120,7 +121,7 @@ class AddressSpace:
         found = list(map(self.pages.get, range(first, last + 1)))
         if not self.nr_swapped:
             return [pfn for pfn in found if pfn is not None]  # type: ignore[misc]
-        return [pfn for pfn in found if isinstance(pfn, int)]
+        return [pfn for pfn in found if pfn is not None and pfn < SWP_ENTRY_TAG]
 
     def read(self, offset: int, size: int) -> bytes | memoryview:
         if size <= 0:
@@ -201,7 +202,7 @@ class AddressSpace:
         """split_folio: the 2 MiB folio becomes 512 small pages (for a swap-out, or a truncate inside it)."""
         self.huge.discard(block)  # type: ignore[union-attr]  # called only for a folio the file holds
         pfn = self.pages[block]
-        if isinstance(pfn, int):
+        if not is_swap_entry(pfn):
             self.mm.account_run(("nr_shmem_hugepages",), pfn, HPAGE_PMD_NR, -1)
         self.mm.events["thp_split_page"] += 1
 
@@ -215,14 +216,14 @@ class AddressSpace:
         pfns = list(map(self.pages.get, range(first, last + 1)))
         n = len(pfns)
         head = pfns[0]
-        if isinstance(head, int) and pfns[-1] == head + n - 1 and pfns == list(range(head, head + n)):
+        if head is not None and pfns[-1] == head + n - 1 and pfns == list(range(head, head + n)):
             return [(first, head, n)]
         runs: list[tuple[int, int | None, int]] = []
         start = 0
         for k in range(1, n + 1):
             if k < n:
                 prev, cur = pfns[k - 1], pfns[k]
-                if (prev is None and cur is None) or (isinstance(prev, int) and cur == prev + 1):
+                if (prev is None and cur is None) or (prev is not None and cur == prev + 1):
                     continue
             runs.append((first + start, pfns[start], k - start))  # type: ignore[arg-type]
             start = k
@@ -252,14 +253,15 @@ class AddressSpace:
     def _swapin_range(self, first: int, last: int) -> None:
         """_swapin of the pages of first..last that are in swap."""
         if self.nr_swapped:
-            self._swapin([i for i in range(first, last + 1) if isinstance(self.pages.get(i), SwapEntry)])
+            indexes = range(first, last + 1)
+            self._swapin(list(compress(indexes, map(SWP_ENTRY_TAG.__le__, map(self.pages.get, indexes, repeat(0))))))
 
     def _swapin(self, indexes: list[int]) -> None:
         """Bring swapped-out pages back (shmem_swapin_folio): the slots are freed, the charge comes back."""
         if not indexes:
             return
         mm = self.mm
-        entries: list[SwapEntry] = list(map(self.pages.__getitem__, indexes))  # type: ignore[arg-type]
+        entries: list[SwapEntry] = list(map(self.pages.__getitem__, indexes))
         pfns = mm.swap_cache.swapin(entries)
         self.pages.update(zip(indexes, pfns, strict=True))
         self.nr_swapped -= len(indexes)
@@ -282,11 +284,11 @@ class AddressSpace:
                 del self.shadows[i]
         if size & _PAGE_MASK:
             index = size >> PAGE_SHIFT
-            if isinstance(self.pages.get(index), SwapEntry):
+            if is_swap_entry(self.pages.get(index, 0)):
                 with self.locks.hold(index, index):
                     self._swapin([index])
             pfn = self.pages.get(index)
-            if isinstance(pfn, int):
+            if pfn is not None:
                 start = (pfn << PAGE_SHIFT) + (size & _PAGE_MASK)
                 self.mm.ram.view[start : (pfn + 1) << PAGE_SHIFT] = _ZERO_PAGE[: PAGE_SIZE - (size & _PAGE_MASK)]
 
@@ -310,7 +312,7 @@ class AddressSpace:
         entries: list[SwapEntry] = []
         for i in indexes:
             v = self.pages.pop(i)
-            if isinstance(v, SwapEntry):
+            if v >= SWP_ENTRY_TAG:
                 entries.append(v)
             else:
                 pfns.append(v)
@@ -335,7 +337,7 @@ class AddressSpace:
         now = map(self.pages.get, [i for i, _ in pages])
         candidates = list(compress(pages, map(operator.eq, now, [pfn for _, pfn in pages])))
         if self.locks:
-            candidates = [(i, pfn) for i, pfn in candidates if not self.locks.locked(i)]
+            candidates = self.locks.unlocked(candidates)
         if self.huge:
             for block in {i & ~(HPAGE_PMD_NR - 1) for i, _ in candidates} & self.huge:
                 self._split(block)  # shmem_writeout splits a large folio before it goes to swap

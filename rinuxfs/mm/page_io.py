@@ -22,25 +22,26 @@ from collections.abc import Iterable
 from rinuxfs.block.bio import Bio, ReqOp
 from rinuxfs.errors import KernelError
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
-from rinuxfs.mm.swapfile import SwapAreas, SwapEntry, SwapInfo
+from rinuxfs.mm.swapfile import SwapAreas, SwapEntry, SwapInfo, swp_offset, swp_type
 from rinuxfs.printk import KERN_ALERT, KernelLog
 
 SECTORS_PER_PAGE = PAGE_SIZE >> 9
 
 
-def _runs(pages: Iterable[tuple[SwapEntry, int]]) -> list[tuple[int, list[tuple[SwapEntry, int]]]]:
-    """(area type, [(entry, pfn), ...]) runs of consecutive slots of one area, in slot order."""
-    runs: list[tuple[int, list[tuple[SwapEntry, int]]]] = []
+def _runs(pages: Iterable[tuple[SwapEntry, int]]) -> list[list[tuple[SwapEntry, int]]]:
+    """[(entry, pfn), ...] runs of consecutive slots of one area, in slot order (consecutive
+    entries are consecutive slots: the type sits far above any offset)."""
+    runs: list[list[tuple[SwapEntry, int]]] = []
     run: list[tuple[SwapEntry, int]] = []
-    prev_type = prev_offset = -1
+    prev = -2
     for page in sorted(pages):
-        area_type, offset = page[0]
-        if offset == prev_offset + 1 and area_type == prev_type:
+        entry = page[0]
+        if entry == prev + 1:
             run.append(page)
         else:
             run = [page]
-            runs.append((area_type, run))
-        prev_type, prev_offset = area_type, offset
+            runs.append(run)
+        prev = entry
     return runs
 
 
@@ -54,11 +55,11 @@ def _bio(op: ReqOp, run: list[tuple[SwapEntry, int]]) -> Bio:
             start = pfn
         prev = pfn
     segments.append((start << PAGE_SHIFT, (prev - start + 1) << PAGE_SHIFT))
-    return Bio(op, run[0][0].offset * SECTORS_PER_PAGE, len(run) * SECTORS_PER_PAGE, segments)
+    return Bio(op, swp_offset(run[0][0]) * SECTORS_PER_PAGE, len(run) * SECTORS_PER_PAGE, segments)
 
 
 def _whole_disk_sector(area: SwapInfo, entry: SwapEntry) -> int:
-    return area.bdev.start_sect + entry.offset * SECTORS_PER_PAGE
+    return area.bdev.start_sect + swp_offset(entry) * SECTORS_PER_PAGE
 
 
 def _log_errors(log: KernelLog, what: str, area: SwapInfo, run: list[tuple[SwapEntry, int]]) -> None:
@@ -73,10 +74,10 @@ def _submit(areas: SwapAreas, op: ReqOp, pages: list[tuple[SwapEntry, int]], log
     failed: list[SwapEntry] = []
     events["pswpout" if op == ReqOp.WRITE else "pswpin"] += len(pages)
     by_area: dict[int, list[list[tuple[SwapEntry, int]]]] = {}
-    for area_type, run in _runs(pages):
-        by_area.setdefault(area_type, []).append(run)
-    for area_type, runs in by_area.items():
-        area = areas.area(SwapEntry(area_type, 0))
+    for run in _runs(pages):
+        by_area.setdefault(swp_type(run[0][0]), []).append(run)
+    for runs in by_area.values():
+        area = areas.area(runs[0][0][0])
         try:
             area.bdev.submit([_bio(op, run) for run in runs])
             continue

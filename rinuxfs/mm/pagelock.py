@@ -2,7 +2,8 @@
 
 Contract: `with locks.hold(first, last):` marks indexes first..last locked for the duration of the
 block (requests nest: reclaim set off by a request's own allocation may run inside it);
-`locked(index)` is what reclaim asks before taking a page (folio_trylock failing).
+`locked(index)` is what reclaim asks before taking a page (folio_trylock failing), `unlocked(pages)`
+the same for a batch.
 """
 
 from __future__ import annotations
@@ -34,3 +35,9 @@ class PageLocks:
         if not self._held:
             return False
         return any(first <= index <= last for first, last in self._held)
+
+    def unlocked(self, pages: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The (index, pfn) pairs of `pages` whose index nobody holds: reclaim's batch of trylocks."""
+        for first, last in self._held:
+            pages = [page for page in pages if not first <= page[0] <= last]
+        return pages

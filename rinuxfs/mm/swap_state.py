@@ -11,7 +11,7 @@ Contract:
 - `take_many(entries)` hands cached pages to their mapping (they leave the cache, SWAP_HAS_CACHE
   clears); `forget_many(entries)` drops the cached pages of slots being freed.
 - The cache is a Reclaimable mapping of its own: struct pages of cached pages name it, with the
-  slot as their index, so reclaim finds and drops them like any clean cache page.
+  swap entry as their index, so reclaim finds and drops them like any clean cache page.
 """
 
 from __future__ import annotations
@@ -23,24 +23,13 @@ from itertools import repeat
 from typing import TYPE_CHECKING
 
 from rinuxfs.mm.page_io import swap_readpages
-from rinuxfs.mm.swapfile import SWAP_HAS_CACHE, SWAP_MAP_BAD, SwapEntry, SwapInfo
-
-_TYPE, _OFFSET = operator.itemgetter(0), operator.itemgetter(1)
+from rinuxfs.mm.swapfile import SWAP_HAS_CACHE, SWAP_MAP_BAD, SwapEntry, swp_offset
 
 if TYPE_CHECKING:
     from rinuxfs.mm.core import MemoryManager
     from rinuxfs.printk import KernelLog
 
 SWAP_CACHE_ITEMS = ("nr_swapcached", "nr_file_pages")
-_TYPE_SHIFT = 40
-
-
-def encode(entry: SwapEntry) -> int:
-    return entry.type << _TYPE_SHIFT | entry.offset
-
-
-def decode(index: int) -> SwapEntry:
-    return SwapEntry(index >> _TYPE_SHIFT, index & ((1 << _TYPE_SHIFT) - 1))
 
 
 class SwapCache:
@@ -90,44 +79,32 @@ class SwapCache:
         cluster = 1 << self.mm.tunables.page_cluster
         if cluster <= 1 or not wanted:
             return []
-        ahead: dict[SwapEntry, None] = {}
+        # Windows by C-level maps and counts over the entries themselves (the offset is their low
+        # bits): a request brings hundreds of entries, and a window it asks for whole (a
+        # sequential read) has nothing to read ahead.
         window_of = repeat(~(cluster - 1))
-        types, asked_types = set(map(_TYPE, wanted)), set(map(_TYPE, asked))
-        for area_type in sorted(types):
-            area = self.mm.swap.areas[area_type]
-            assert area is not None
-            # Per area, with C-level maps and counts: a request brings hundreds of entries, and a
-            # window it asks for whole (a sequential read) has nothing to read ahead.
-            mine = wanted if len(types) == 1 else [e for e in wanted if e.type == area_type]
-            offsets = list(map(_OFFSET, asked if len(types) == len(asked_types) == 1 else
-                               [e for e in asked if e.type == area_type]))
-            covered = Counter(map(operator.and_, offsets, window_of))
-            starts = set(map(operator.and_, map(_OFFSET, mine), window_of))
-            open_windows = [start for start in sorted(starts)
-                            if covered[start] < min(start + cluster, area.maxpages) - start]
-            taken = set(offsets) if open_windows else set()
-            for start in open_windows:
-                self._window(area_type, area, start, cluster, taken, ahead)
-        return list(ahead)
-
-    def _window(self, area_type: int, area: SwapInfo, start: int, cluster: int, asked: set[int],
-                ahead: dict[SwapEntry, None]) -> None:
-        """The slots of one readahead window worth reading: in use, not asked for, not cached."""
-        for off in sorted(set(range(start, min(start + cluster, area.maxpages))) - asked):
-            cand = SwapEntry(area_type, off)
-            if cand in self.pages:
+        covered = Counter(map(operator.and_, asked, window_of))
+        ahead: dict[SwapEntry, None] = {}
+        for start in sorted(set(map(operator.and_, wanted, window_of))):
+            if covered[start] == cluster:
                 continue
-            count = area.count(off)
-            if count and count != SWAP_MAP_BAD and not count & SWAP_HAS_CACHE:
-                ahead[cand] = None
+            area = self.mm.swap.area(start)
+            end = min(start + cluster, start - swp_offset(start) + area.maxpages)
+            for entry in sorted(set(range(start, end)) - asked):
+                if entry in self.pages:
+                    continue
+                count = area.count(swp_offset(entry))
+                if count and count != SWAP_MAP_BAD and not count & SWAP_HAS_CACHE:
+                    ahead[entry] = None
+        return list(ahead)
 
     def _insert(self, entries: list[SwapEntry], pfns: list[int]) -> None:
         mm = self.mm
         for e, pfn in zip(entries, pfns, strict=True):
             self.pages[e] = pfn
-            mm.swap.area(e).set_flag(e.offset, SWAP_HAS_CACHE, True)
+            mm.swap.area(e).set_flag(swp_offset(e), SWAP_HAS_CACHE, True)
         mm.account(SWAP_CACHE_ITEMS, pfns)
-        mm.memmap.set_owner(pfns, self.mapping_id, [encode(e) for e in entries])
+        mm.memmap.set_owner(pfns, self.mapping_id, entries)
         mm.lru_add(pfns, anon=True)
 
     def take_many(self, entries: list[SwapEntry]) -> list[int]:
@@ -136,7 +113,7 @@ class SwapCache:
         mm = self.mm
         pfns = list(map(self.pages.pop, entries))
         for e in entries:
-            mm.swap.area(e).set_flag(e.offset, SWAP_HAS_CACHE, False)
+            mm.swap.area(e).set_flag(swp_offset(e), SWAP_HAS_CACHE, False)
         mm.account(SWAP_CACHE_ITEMS, pfns, -1)
         mm.lru_remove(pfns)
         return pfns
@@ -156,16 +133,15 @@ class SwapCache:
 
     def pageout(self, pages: list[tuple[int, int]], plug: object = None) -> list[bool]:
         # Clean copies of what the slots hold: droppable as they are.
-        return [decode(index) in self.pages for index, _ in pages]
+        return [index in self.pages for index, _ in pages]
 
     def drop(self, pages: list[tuple[int, int, int]]) -> None:
         mm = self.mm
         pfns = []
-        for index, pfn, _shadow in pages:
-            entry = decode(index)
+        for entry, pfn, _shadow in pages:
             if self.pages.get(entry) == pfn:
                 del self.pages[entry]
-                mm.swap.area(entry).set_flag(entry.offset, SWAP_HAS_CACHE, False)
+                mm.swap.area(entry).set_flag(swp_offset(entry), SWAP_HAS_CACHE, False)
                 pfns.append(pfn)
         mm.account(SWAP_CACHE_ITEMS, pfns, -1)
         mm.free_pages(pfns)

@@ -3,7 +3,11 @@
 Contract:
 - `swapon(bdev, header_page, prio)` validates page 0 as swapon(2) does (swap_header.py) and
   activates the area, or raises KernelError(EINVAL) carrying the kernel's log line.
-- `get_swap_pages(n)` hands out up to n free slots as SwapEntry(type, offset), from the
+- A swap entry (swp_entry_t) is one integer: `swp_entry(type, offset)`, read back by `swp_type`
+  and `swp_offset`. It carries the xarray value-entry tag (swp_to_radix_entry) above any frame
+  number, so a mapping that holds frames and entries side by side (shmem's) tells them apart by
+  value (`is_swap_entry`), and dicts and sorts of entries work on plain ints.
+- `get_swap_pages(n)` hands out up to n free slots as swap entries, from the
   highest-priority area that has any (areas of equal priority take turns, as the plist
   requeue does); a slot's count starts at 1 (SWAP_MAP_SHMEM for tmpfs pages).
 - `swap_free(entries)` drops a slot's count; at zero the slot is free again.
@@ -24,8 +28,7 @@ import errno
 import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import repeat
-from typing import NamedTuple
+from typing import TypeAlias
 
 from rinuxfs.block.genhd import BlockDevice
 from rinuxfs.errors import KernelError
@@ -40,14 +43,27 @@ MAX_SWAPFILES = 23  # 32 minus the special entry types of a full-featured x86-64
 SWAP_FLAG_PRIO_MASK = 0x7FFF
 
 
-class SwapEntry(NamedTuple):
-    """swp_entry_t: which area, which page of it."""
+SwapEntry: TypeAlias = int  # swp_entry_t: SWP_ENTRY_TAG | type << SWP_TYPE_SHIFT | offset
+SWP_TYPE_SHIFT = 40
+SWP_OFFSET_MASK = (1 << SWP_TYPE_SHIFT) - 1
+SWP_ENTRY_TAG = 1 << 62  # xa_mk_value's mark: above every PFN (64 TiB of RAM is 2^34 frames)
 
-    type: int
-    offset: int
+
+def swp_entry(area_type: int, offset: int) -> SwapEntry:
+    return SWP_ENTRY_TAG | area_type << SWP_TYPE_SHIFT | offset
 
 
-_tuple_new = tuple.__new__  # SwapEntry's own __new__, without its Python frame: entries come by the thousand
+def swp_type(entry: SwapEntry) -> int:
+    return (entry ^ SWP_ENTRY_TAG) >> SWP_TYPE_SHIFT
+
+
+def swp_offset(entry: SwapEntry) -> int:
+    return entry & SWP_OFFSET_MASK
+
+
+def is_swap_entry(value: int) -> bool:
+    """xa_is_value: a swap entry rather than a frame number."""
+    return value >= SWP_ENTRY_TAG
 
 
 @dataclass(eq=False)
@@ -267,21 +283,27 @@ class SwapAreas:
             if len(entries) >= n:
                 break
             offsets = area.alloc(n - len(entries), count)
-            entries += map(_tuple_new, repeat(SwapEntry), zip(repeat(area.type), offsets))
+            entries += map(swp_entry(area.type, 0).__or__, offsets)
         return entries
 
     def area(self, entry: SwapEntry) -> SwapInfo:
-        area = self.areas[entry.type] if entry.type < len(self.areas) else None
+        area_type = swp_type(entry)
+        area = self.areas[area_type] if 0 <= area_type < len(self.areas) else None
         if area is None:
-            raise KernelError(errno.EINVAL, f"swap_free: Bad swap file entry {entry.type:08x}")
+            raise KernelError(errno.EINVAL, f"swap_free: Bad swap file entry {entry & ~SWP_ENTRY_TAG:08x}")
         return area
 
     def swap_free(self, entries: list[SwapEntry]) -> None:
+        if not entries:
+            return
+        if swp_type(min(entries)) == swp_type(max(entries)):  # the usual batch: one area's slots
+            self.area(entries[0]).free_many(map(SWP_OFFSET_MASK.__and__, entries))
+            return
         by_type: dict[int, list[int]] = {}
-        for area_type, offset in entries:
-            by_type.setdefault(area_type, []).append(offset)
+        for entry in entries:
+            by_type.setdefault(swp_type(entry), []).append(swp_offset(entry))
         for area_type, offsets in by_type.items():
-            self.area(SwapEntry(area_type, 0)).free_many(offsets)
+            self.area(swp_entry(area_type, 0)).free_many(offsets)
 
     # --- /proc/swaps ---------------------------------------------------------------------
 

@@ -14,7 +14,16 @@ from rinuxfs.errors import KernelError
 from rinuxfs.mm.core import MemoryManager
 from rinuxfs.mm.oom_kill import OomKiller
 from rinuxfs.mm.swap_header import build_swap_header
-from rinuxfs.mm.swapfile import SWAP_MAP_SHMEM, SWAPFILE_CLUSTER, SwapAreas, SwapEntry
+from rinuxfs.mm.swapfile import (
+    SWAP_MAP_SHMEM,
+    SWAPFILE_CLUSTER,
+    SwapAreas,
+    SwapEntry,
+    is_swap_entry,
+    swp_entry,
+    swp_offset,
+    swp_type,
+)
 from rinuxfs.printk import KernelLog
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -41,7 +50,7 @@ def test_slots_come_in_order_and_the_header_and_bad_pages_never() -> None:
     areas = SwapAreas()
     area(areas, "a", 1000, bad=(5, 6))
     got = areas.get_swap_pages(10)
-    assert [e.offset for e in got] == [1, 2, 3, 4, 7, 8, 9, 10, 11, 12]
+    assert [swp_offset(e) for e in got] == [1, 2, 3, 4, 7, 8, 9, 10, 11, 12]
     assert areas.total_pages == 1000 - 1 - 2 and areas.free_pages == areas.total_pages - 10
     info = areas.active()[0]
     assert info.count(1) == SWAP_MAP_SHMEM and info.count(0) == 0x3F and info.count(5) == 0x3F
@@ -65,10 +74,10 @@ def test_priorities_and_round_robin() -> None:
     hi1 = area(areas, "hi1", 100, prio=5)
     hi2 = area(areas, "hi2", 100, prio=5)
     assert areas.active()[0].prio == -2
-    used = [areas.get_swap_pages(1)[0].type for _ in range(10)]
+    used = [swp_type(areas.get_swap_pages(1)[0]) for _ in range(10)]
     assert set(used) == {hi1, hi2} and used.count(hi1) == used.count(hi2) == 5
     rest = areas.get_swap_pages(400)
-    assert {e.type for e in rest[-50:]} == {low}, "the low-priority area only once the others are full"
+    assert {swp_type(e) for e in rest[-50:]} == {low}, "the low-priority area only once the others are full"
 
 
 def test_proc_swaps_layout_matches_linux() -> None:
@@ -83,18 +92,25 @@ def test_a_bad_free_is_an_error_not_a_crash() -> None:
     areas = SwapAreas()
     area(areas, "a", 100)
     with pytest.raises(KernelError) as e:
-        areas.swap_free([SwapEntry(0, 50)])
+        areas.swap_free([swp_entry(0, 50)])
     assert e.value.errno == errno.EINVAL
     with pytest.raises(KernelError):
-        areas.swap_free([SwapEntry(7, 1)])
+        areas.swap_free([swp_entry(7, 1)])
     got = areas.get_swap_pages(10)
-    assert [e.offset for e in got] == list(range(1, 11))
+    assert [swp_offset(e) for e in got] == list(range(1, 11))
     # A run freed twice: the slots before the first bad one are freed, the bad one is the error.
     areas.swap_free(got[5:])
     with pytest.raises(KernelError) as e:
         areas.swap_free(got[2:7])
     assert "Bad swap offset entry 00000006" in str(e.value)
     assert areas.total_pages - areas.free_pages == 2  # slots 1 and 2 are all that is left in use
+
+
+@given(st.integers(0, 22), st.integers(0, (1 << 40) - 1))
+def test_an_entry_packs_type_and_offset_above_every_frame(area_type: int, offset: int) -> None:
+    entry = swp_entry(area_type, offset)
+    assert (swp_type(entry), swp_offset(entry)) == (area_type, offset)
+    assert is_swap_entry(entry) and not is_swap_entry((64 << 40) >> 12)  # the last frame of 64 TiB
 
 
 @settings(max_examples=60, deadline=None)
@@ -108,7 +124,7 @@ def test_a_slot_is_never_handed_out_twice(ops: list[tuple[bool, int, int]]) -> N
         if alloc or not held:
             got = areas.get_swap_pages(n)
             assert owned.isdisjoint(got) and len(set(got)) == len(got)
-            assert all(e.offset not in (0, 100, 2000) for e in got)
+            assert all(swp_offset(e) not in (0, 100, 2000) for e in got)
             owned.update(got)
             held.append(got)
         else:
