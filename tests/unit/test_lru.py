@@ -368,9 +368,11 @@ def test_lists_stay_consistent(ops: list[tuple], quick: bool) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(8, 40), st.lists(st.booleans(), min_size=8, max_size=40), st.booleans())
-def test_a_batch_of_refaults_lands_as_page_by_page_adds(n: int, accessed: list[bool], quick: bool) -> None:
-    """add_many with shadows leaves the lists, flags, counters and events as `add` one by one does."""
+@given(st.integers(8, 40), st.lists(st.booleans(), min_size=8, max_size=40), st.booleans(),
+       st.sampled_from([0, 1, 10, 100, 1000, 100_000]))
+def test_a_batch_of_refaults_lands_as_page_by_page_adds(n: int, accessed: list[bool], quick: bool, gap: int) -> None:
+    """add_many with shadows leaves the lists, flags, counters, events and the adaptation as `add`
+    one by one does, also when the evictions are long past (the batch skips the judgement)."""
     def history() -> tuple[Lruvec, dict[int, int], dict[int, int]]:
         sizes = dict.fromkeys(ALL_LRUS, 0)
 
@@ -383,6 +385,7 @@ def test_a_batch_of_refaults_lands_as_page_by_page_adds(n: int, accessed: list[b
             if hit:
                 lru.access(key)
         shadows = {key: lru.evict(key, True) for key in lru.isolate(True, n // 2)}
+        lru.nonresident_age += gap  # other pages evicted since
         return lru, shadows, sizes
 
     one, shadows, sizes_one = history()
@@ -394,6 +397,7 @@ def test_a_batch_of_refaults_lands_as_page_by_page_adds(n: int, accessed: list[b
     many.add_many(keys, True, [shadows.get(key) for key in keys])
     assert sizes_one == sizes_many
     assert one.events == many.events
+    assert (one.probation_share, one.nonresident_age) == (many.probation_share, many.nonresident_age)
     for key in range(n + 3):
         assert (one.lru_of(key), one.referenced(key)) == (many.lru_of(key), many.referenced(key))
 
