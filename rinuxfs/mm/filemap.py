@@ -348,6 +348,8 @@ class AddressSpace:
         indexes = [index for index, _ in taken]
         self._pending.update(zip(indexes, entries, strict=True))
         plug.writes.extend(zip(entries, [pfn for _, pfn in taken], strict=True))
+        if len(taken) == len(pages):
+            return [True] * len(pages)
         ok = set(indexes)
         return [index in ok for index, _ in pages]
 

@@ -21,8 +21,10 @@ frames, so a large allocation costs a slice assignment per section.
 from __future__ import annotations
 
 import enum
+import operator
 from array import array
 from collections.abc import Iterable
+from itertools import repeat
 
 SECTION_SHIFT = 9
 SECTION_PAGES = 1 << SECTION_SHIFT
@@ -151,14 +153,22 @@ class MemMap:
             return out
         return [sections[pfn >> SECTION_SHIFT].memcg[pfn & _MASK] for pfn in pfns]
 
-    def owners(self, pfns: list[int]) -> list[tuple[int, int]]:
-        """(mapping id, index) of each page; mapping 0 means none."""
-        sections = self.sections
-        out = []
+    def owners(self, pfns: list[int]) -> tuple[list[int], list[int]]:
+        """(mapping ids, indexes) of the pages; mapping 0 means none. A batch within one section
+        (reclaim's, usually) is read by C-level maps over the section's arrays."""
+        if not pfns:
+            return [], []
+        sec = pfns[0] >> SECTION_SHIFT
+        section = self.sections.get(sec)
+        if section is not None and max(pfns) >> SECTION_SHIFT == sec == min(pfns) >> SECTION_SHIFT:
+            slots = list(map(operator.and_, pfns, repeat(_MASK)))
+            return list(map(section.mapping.__getitem__, slots)), list(map(section.index.__getitem__, slots))
+        ids, indexes = [], []
         for pfn in pfns:
-            section = sections.get(pfn >> SECTION_SHIFT)
-            out.append((0, 0) if section is None else (section.mapping[pfn & _MASK], section.index[pfn & _MASK]))
-        return out
+            section = self.sections.get(pfn >> SECTION_SHIFT)
+            ids.append(0 if section is None else section.mapping[pfn & _MASK])
+            indexes.append(0 if section is None else section.index[pfn & _MASK])
+        return ids, indexes
 
     def nbytes(self) -> int:
         """What the struct pages cost the host (the arrays; object headers aside)."""

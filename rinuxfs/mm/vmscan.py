@@ -124,24 +124,31 @@ class Reclaimer:
         if not keys:
             return 0, 0
         mm.events[f"pgscan_{who}"] += len(keys)
-        by_owner: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        orphans: list[int] = []
         mappings = mm.mappings
-        for pfn, (mapping_id, index) in zip(keys, mm.memmap.owners(keys), strict=True):
-            if mapping_id and mapping_id in mappings:
-                by_owner[mapping_id].append((index, pfn))
-            else:
-                orphans.append(pfn)
-        if orphans:  # a page whose owner is gone cannot be freed by reclaim: keep it listed
-            lruvec.putback(orphans, anon)
+        ids, indexes = mm.memmap.owners(keys)
+        by_owner: dict[int, list[tuple[int, int]]]
+        if ids.count(ids[0]) == len(ids) and ids[0] in mappings:  # the usual batch: one file's pages
+            by_owner = {ids[0]: list(zip(indexes, keys, strict=True))}
+        else:
+            by_owner = defaultdict(list)
+            orphans: list[int] = []
+            for pfn, mapping_id, index in zip(keys, ids, indexes, strict=True):
+                if mapping_id and mapping_id in mappings:
+                    by_owner[mapping_id].append((index, pfn))
+                else:
+                    orphans.append(pfn)
+            if orphans:  # a page whose owner is gone cannot be freed by reclaim: keep it listed
+                lruvec.putback(orphans, anon)
         freeable = 0
         for mapping_id, pages in by_owner.items():
-            mapping: Reclaimable = mm.mappings[mapping_id]  # type: ignore[assignment]
+            mapping: Reclaimable = mappings[mapping_id]  # type: ignore[assignment]
             verdicts = mapping.pageout(pages, plug)
-            keep = [pfn for (_, pfn), ok in zip(pages, verdicts, strict=True) if not ok]
-            go = [page for page, ok in zip(pages, verdicts, strict=True) if ok]
-            if keep:
-                lruvec.putback(keep, anon, activate=True)
+            if all(verdicts):
+                go = pages
+            else:
+                lruvec.putback([pfn for (_, pfn), ok in zip(pages, verdicts, strict=True) if not ok], anon,
+                               activate=True)
+                go = [page for page, ok in zip(pages, verdicts, strict=True) if ok]
             if go:
                 pending.append((anon, mapping, go))
                 freeable += len(go)
