@@ -14,7 +14,7 @@ Contract (the address_space of a bdev inode; what `Buffers` counts in meminfo):
 - `writeback(before=None)` writes dirty pages (those dirtied before a time, or all) as one bio per
   run of consecutive pages, submitted as a batch so the queue merges what is adjacent.
 - For reclaim (vmscan.Reclaimable): `pageout(pages)` writes the dirty ones of a batch and says
-  which can go; `drop(pages)` drops them, each leaving its shadow; `drop_clean()` is
+  which can go; `drop(indexes, pfns, shadows)` drops them, each leaving its shadow; `drop_clean()` is
   drop_caches' part: every clean page goes.
 - Pages of the range a request is working on are locked: reclaim never takes them.
 - The cache never holds a page past the device's end.
@@ -318,13 +318,11 @@ class BlockDeviceMapping:
                 pass  # the pages of failed bios were dropped with their write; the others are clean
         return [self.pages.get(i) == pfn and i not in self.dirty and not self.locks.locked(i) for i, pfn in pages]
 
-    def drop(self, pages: list[tuple[int, int, int]]) -> None:
-        pfns = []
+    def drop(self, indexes: list[int], pfns: list[int], shadows: list[int]) -> None:
         cap = max(1024, self.mm.allocator.totalram_pages)
-        for index, pfn, shadow in pages:
+        for index in indexes:
             del self.pages[index]
-            pfns.append(pfn)
-            self.shadows[index] = shadow
+        self.shadows.update(zip(indexes, shadows, strict=True))
         while len(self.shadows) > cap:  # the shadow node shrinker: the oldest shadows go first
             del self.shadows[next(iter(self.shadows))]
             self.mm.events["workingset_nodereclaim"] += 1

@@ -21,7 +21,7 @@ Contract (the page cache of one shmem inode, struct address_space):
   page that straddles it; `release()` frees everything, and the mapping must not be used after.
 - For reclaim (vmscan.Reclaimable): `pageout(pages)` writes a batch of pages to swap and says
   which can go (a page in the range of the request in progress, a page with no free slot, a
-  failed write: kept); `drop(pages)` replaces them by their swap entries.
+  failed write: kept); `drop(indexes, pfns, shadows)` replaces them by their swap entries.
 
 Resident pages are counted in the node counters given as `account_items` (Shmem, file pages)
 and sit on the anon LRU, so /proc/meminfo follows page ownership without a second copy.
@@ -358,16 +358,15 @@ class AddressSpace:
         entry = self._pending.pop(index)  # type: ignore[union-attr]
         self.mm.swap.swap_free([entry])
 
-    def drop(self, pages: list[tuple[int, int, int]]) -> None:
+    def drop(self, indexes: list[int], pfns: list[int], shadows: list[int]) -> None:
         mm = self.mm
         # Whole batches by C-level maps and dict updates: reclaim drops hundreds of pages at a time.
-        indexes, pfns, shadows = (list(column) for column in zip(*pages, strict=True)) if pages else ([], [], [])
         entries = list(map(self._pending.pop, indexes))  # type: ignore[union-attr]
         if self.shadows is None:
             self.shadows = {}
         self.pages.update(zip(indexes, entries, strict=True))
         self.shadows.update(zip(indexes, shadows, strict=True))
-        self.nr_swapped += len(pages)
+        self.nr_swapped += len(indexes)
         mm.account(self.account_items, pfns, -1)
         mm.charges.to_swap(pfns, entries)
         mm.free_pages(pfns)

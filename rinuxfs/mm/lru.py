@@ -254,9 +254,9 @@ class Lruvec:
     def add_many(self, keys: list[int], anon: bool, shadows: list[int | None] | None = None) -> None:
         """`add` for a batch (a request brings in up to 256 pages at once): one dict update when no
         page brings a shadow, `add` page by page otherwise."""
-        if shadows is not None and any(shadow is not None for shadow in shadows):
-            refaults = [shadow for shadow in shadows if shadow is not None]
-            if not self._refaults_far(anon, refaults, len(keys)):
+        if shadows is not None and (holes := shadows.count(None)) < len(shadows):
+            refaults = shadows if not holes else [shadow for shadow in shadows if shadow is not None]
+            if not self._refaults_far(anon, refaults, len(keys)):  # type: ignore[arg-type]
                 self._add_refaults(keys, anon, shadows)
                 return
             self.events[_WORKINGSET_EVENTS[anon][0]] += len(refaults)
@@ -533,10 +533,11 @@ class Lruvec:
         scanned = 0
         budget = 4 * batch
         while scanned < budget and len(taken) < nr:
+            # The queue to take from, and how many pages it gives before that choice must be made again.
             if probation and len(probation) > target:
-                src, q = probation, qp
+                src, q, run = probation, qp, min(len(probation), math.ceil(len(probation) - target))
             elif inactive:
-                src, q = inactive, qi
+                src, q, run = inactive, qi, len(inactive)
             elif active:
                 # Nothing on the inactive list proper while probation is at its target: the
                 # working set gives up pages, unused ones first (ARC taking from T2 when T1 is at
@@ -544,17 +545,20 @@ class Lruvec:
                 self._age_active(anon, SWAP_CLUSTER_MAX, len(active))
                 continue
             elif probation:
-                src, q = probation, qp
+                src, q, run = probation, qp, len(probation)
             else:
                 break
-            key, flags = src.popitem(last=False)
-            scanned += 1
-            if flags & PG_REFERENCED and activate:
-                self._activate_taken(key, q, flags)
-                continue
-            del where[key]
-            isolated[key] = (q, flags)
-            taken.append(key)
+            for _ in range(min(run, budget - scanned)):
+                key, flags = src.popitem(last=False)
+                scanned += 1
+                if flags & PG_REFERENCED and activate:
+                    self._activate_taken(key, q, flags)
+                    continue
+                del where[key]
+                isolated[key] = (q, flags)
+                taken.append(key)
+                if len(taken) == nr:
+                    break
         if on_change is not None and taken:
             on_change(qi, -len(taken))
         self.nr_scanned = scanned

@@ -19,7 +19,7 @@ from __future__ import annotations
 import operator
 import time
 from collections import Counter
-from itertools import repeat
+from itertools import compress, repeat
 from typing import TYPE_CHECKING
 
 from rinuxfs.mm.page_io import swap_readpages
@@ -43,10 +43,11 @@ class SwapCache:
 
     def swapin(self, entries: list[SwapEntry]) -> list[int]:
         mm = self.mm
-        if self.pages:
-            cached = [e for e in entries if e in self.pages]
-            wanted = [e for e in entries if e not in self.pages]
-        else:  # an empty swap cache (readahead found nothing to add lately): all of them are read
+        hit = list(map(self.pages.__contains__, entries)) if self.pages else []
+        if any(hit):
+            cached = list(compress(entries, hit))
+            wanted = list(compress(entries, map(operator.not_, hit)))
+        else:  # nothing read ahead for this request (a sequential read asks for whole windows)
             cached, wanted = [], entries
         mm.events["swap_ra_hit"] += len(cached)
         ahead = self._readahead_window(wanted, set(entries))
@@ -135,13 +136,13 @@ class SwapCache:
         # Clean copies of what the slots hold: droppable as they are.
         return [index in self.pages for index, _ in pages]
 
-    def drop(self, pages: list[tuple[int, int, int]]) -> None:
+    def drop(self, indexes: list[int], pfns: list[int], shadows: list[int]) -> None:
         mm = self.mm
-        pfns = []
-        for entry, pfn, _shadow in pages:
+        gone = []
+        for entry, pfn in zip(indexes, pfns, strict=True):
             if self.pages.get(entry) == pfn:
                 del self.pages[entry]
                 mm.swap.area(entry).set_flag(swp_offset(entry), SWAP_HAS_CACHE, False)
-                pfns.append(pfn)
-        mm.account(SWAP_CACHE_ITEMS, pfns, -1)
-        mm.free_pages(pfns)
+                gone.append(pfn)
+        mm.account(SWAP_CACHE_ITEMS, gone, -1)
+        mm.free_pages(gone)

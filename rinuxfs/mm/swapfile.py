@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import heapq
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeAlias
@@ -41,6 +42,7 @@ SWAP_HAS_CACHE = 0x40
 SWAP_MAP_SHMEM = 0xBF
 MAX_SWAPFILES = 23  # 32 minus the special entry types of a full-featured x86-64 kernel (mm.md §1.4)
 SWAP_FLAG_PRIO_MASK = 0x7FFF
+_IN_USE = re.compile(rb"[^\0]")  # a slot whose count is not zero
 
 
 SwapEntry: TypeAlias = int  # swp_entry_t: SWP_ENTRY_TAG | type << SWP_TYPE_SHIFT | offset
@@ -143,9 +145,9 @@ class SwapInfo:
                 self.nonfull.discard(self.current)
                 self.current = -1
                 continue
-            # The run of free slots from pos, found and filled by bytearray methods (C), not slot by slot.
-            tail = slots[pos:]
-            run = min(len(tail) - len(tail.lstrip(b"\0")), n - len(got), self.pages - self.inuse_pages)
+            # The run of free slots from pos, found and filled by C-level searches, not slot by slot.
+            used = _IN_USE.search(slots, pos)
+            run = min((used.start() if used else SWAPFILE_CLUSTER) - pos, n - len(got), self.pages - self.inuse_pages)
             slots[pos : pos + run] = bytes([count]) * run
             self.cluster_used[self.current] += run
             self.inuse_pages += run
@@ -266,9 +268,9 @@ class SwapAreas:
 
     def _by_priority(self) -> list[SwapInfo]:
         """Areas with free slots, highest priority first; equal priorities rotate (plist_requeue)."""
-        areas = [a for a in self.active() if a.inuse_pages < a.pages]
-        if not areas:
-            return []
+        areas = [a for a in self.areas if a is not None and a.inuse_pages < a.pages]
+        if len(areas) < 2:
+            return areas
         areas.sort(key=lambda a: -a.prio)
         top = [a for a in areas if a.prio == areas[0].prio]
         if len(top) > 1:

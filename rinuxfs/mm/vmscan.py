@@ -10,7 +10,7 @@ Contract:
 - A page is freed by its owner, the mapping its struct page names: `pageout(pages, plug)` makes a
   batch freeable (writes dirty block-cache pages back; gives tmpfs pages a swap slot and queues
   their write on the plug) and says which can go; once the plug's writes went out together,
-  `drop(pages)` removes the pages whose write completed, each leaving the shadow the LRU gave it
+  `drop(indexes, pfns, shadows)` removes the pages whose write completed, each leaving the shadow the LRU gave it
   at eviction, and `writeout_failed(index)` tells the owner of a page whose write failed. A page
   the owner keeps (pinned by the request in progress, dirty and not writable, no swap slot, a
   write error) goes back on its list.
@@ -52,7 +52,7 @@ class Reclaimable(Protocol):
 
     def pageout(self, pages: list[tuple[int, int]], plug: SwapPlug) -> list[bool]: ...
 
-    def drop(self, pages: list[tuple[int, int, int]]) -> None: ...
+    def drop(self, indexes: list[int], pfns: list[int], shadows: list[int]) -> None: ...
 
     def writeout_failed(self, index: int) -> None: ...
 
@@ -162,7 +162,8 @@ class Reclaimer:
         failed_pfns: set[int] = set()
         if plug.writes:
             failed = set(swap_writepages(mm.swap, plug.writes, mm.log, mm.events))
-            failed_pfns = {pfn for entry, pfn in plug.writes if entry in failed}
+            if failed:
+                failed_pfns = {pfn for entry, pfn in plug.writes if entry in failed}
             lruvec.note_cost(True, len(plug.writes), 0)
         # Consecutive batches of one mapping are freed together (same order, one call per run of them).
         groups: list[tuple[bool, Reclaimable, list[tuple[int, int]]]] = []
@@ -183,8 +184,8 @@ class Reclaimer:
             if bad:  # a write error leaves the page in memory, dirty (end_swap_bio_write)
                 lruvec.putback([pfn for _, pfn in bad], anon, activate=True)
             if ok:
-                shadows = lruvec.evict_many([pfn for _, pfn in ok], anon)
-                mapping.drop([(index, pfn, shadow) for (index, pfn), shadow in zip(ok, shadows, strict=True)])
+                indexes, pfns = map(list, zip(*ok, strict=True))
+                mapping.drop(indexes, pfns, lruvec.evict_many(pfns, anon))
                 freed += len(ok)
         mm.events[f"pgsteal_{who}"] += freed
         return freed
