@@ -272,10 +272,13 @@ class Lruvec:
         size the lists grow to within the batch, `_test_recent` would neither activate its page
         nor steer the adaptation: then the batch needs no judgement page by page (a stream
         coming back from swap). A page of margin keeps float rounding on the safe side."""
-        if self.lruvec_of_node is not None and set(
-                map(operator.and_, map(operator.rshift, shadows, repeat(2)), repeat(_NODE_MASK))) != {self.node}:
+        # One C-level pass for the node and workingset bits of every shadow (pack_shadow's layout).
+        tags = set(map(operator.and_, shadows, repeat(_NODE_MASK << 2 | 1)))
+        here = self.node << 2
+        if self.lruvec_of_node is not None and not tags <= {here, here | 1}:
             return False
-        distance = self.nonresident_age - max(map(operator.rshift, shadows, repeat(NODES_SHIFT + 2)))
+        kinds = {tag & 1 for tag in tags}
+        distance = self.nonresident_age - (max(shadows) >> (NODES_SHIFT + 2))  # the latest eviction
         self._swap_free_now = self._swap_free()
         try:
             pages, competing = self._sizes(anon)
@@ -287,7 +290,6 @@ class Lruvec:
         t = 0 if anon else 1
         target = self.probation_share[t] * pages
         mix = self._probation_evictions[t]
-        kinds = set(map(operator.and_, shadows, repeat(1)))
         if 1 in kinds and not (distance > target + 1 and distance * (1 - mix) > WORKINGSET_GHOST * target + 1):
             return False
         return 0 not in kinds or (distance * mix > pages - target + 1
