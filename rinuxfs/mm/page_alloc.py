@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from rinuxfs.hw.ram import PAGE_SHIFT
+from rinuxfs.lib.runs import runs as consecutive_runs
 from rinuxfs.mm.buddy import (
     MIGRATE_MOVABLE,
     MIGRATE_PCPTYPES,
@@ -329,18 +330,7 @@ class PageAllocator:
 
 def to_runs(pfns: Iterable[int]) -> list[tuple[int, int]]:
     """PFNs as runs (first, count) of consecutive frames, in ascending order."""
-    ordered = sorted(pfns)
-    runs: list[tuple[int, int]] = []
-    if not ordered:
-        return runs
-    start = prev = ordered[0]
-    for pfn in ordered[1:]:
-        if pfn != prev + 1:
-            runs.append((start, prev - start + 1))
-            start = pfn
-        prev = pfn
-    runs.append((start, prev - start + 1))
-    return runs
+    return consecutive_runs(sorted(pfns))
 
 
 def runs_to_pfns(runs: list[tuple[int, int]]) -> list[int]:

@@ -17,54 +17,38 @@ from __future__ import annotations
 
 import errno
 from collections import Counter
-from collections.abc import Iterable
 
 from rinuxfs.block.bio import Bio, ReqOp
 from rinuxfs.errors import KernelError
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
+from rinuxfs.lib.runs import run_bounds
+from rinuxfs.lib.runs import runs as consecutive_runs
 from rinuxfs.mm.swapfile import SwapAreas, SwapEntry, SwapInfo, swp_offset, swp_type
 from rinuxfs.printk import KERN_ALERT, KernelLog
 
 SECTORS_PER_PAGE = PAGE_SIZE >> 9
 
 
-def _runs(pages: Iterable[tuple[SwapEntry, int]]) -> list[list[tuple[SwapEntry, int]]]:
-    """[(entry, pfn), ...] runs of consecutive slots of one area, in slot order (consecutive
-    entries are consecutive slots: the type sits far above any offset)."""
-    runs: list[list[tuple[SwapEntry, int]]] = []
-    run: list[tuple[SwapEntry, int]] = []
-    prev = -2
-    for page in sorted(pages):
-        entry = page[0]
-        if entry == prev + 1:
-            run.append(page)
-        else:
-            run = [page]
-            runs.append(run)
-        prev = entry
-    return runs
+def _runs(pages: list[tuple[SwapEntry, int]]) -> list[tuple[list[SwapEntry], list[int]]]:
+    """(entries, pfns) runs of consecutive slots of one area, in slot order (consecutive entries
+    are consecutive slots: the type sits far above any offset)."""
+    entries, pfns = zip(*sorted(pages), strict=True)
+    bounds = run_bounds(entries)
+    return [(list(entries[a:b]), list(pfns[a:b])) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
-def _bio(op: ReqOp, run: list[tuple[SwapEntry, int]]) -> Bio:
-    segments: list[tuple[int, int]] = []
-    start = prev = -2
-    for _, pfn in run:
-        if pfn != prev + 1:
-            if start >= 0:
-                segments.append((start << PAGE_SHIFT, (prev - start + 1) << PAGE_SHIFT))
-            start = pfn
-        prev = pfn
-    segments.append((start << PAGE_SHIFT, (prev - start + 1) << PAGE_SHIFT))
-    return Bio(op, swp_offset(run[0][0]) * SECTORS_PER_PAGE, len(run) * SECTORS_PER_PAGE, segments)
+def _bio(op: ReqOp, entries: list[SwapEntry], pfns: list[int]) -> Bio:
+    segments = [(pfn << PAGE_SHIFT, n << PAGE_SHIFT) for pfn, n in consecutive_runs(pfns)]
+    return Bio(op, swp_offset(entries[0]) * SECTORS_PER_PAGE, len(entries) * SECTORS_PER_PAGE, segments)
 
 
 def _whole_disk_sector(area: SwapInfo, entry: SwapEntry) -> int:
     return area.bdev.start_sect + swp_offset(entry) * SECTORS_PER_PAGE
 
 
-def _log_errors(log: KernelLog, what: str, area: SwapInfo, run: list[tuple[SwapEntry, int]]) -> None:
+def _log_errors(log: KernelLog, what: str, area: SwapInfo, entries: list[SwapEntry]) -> None:
     major, minor = area.bdev.disk.whole.devt
-    for entry, _ in run:
+    for entry in entries:
         log.printk(KERN_ALERT, f"{what}-error on swap-device ({major}:{minor}:{_whole_disk_sector(area, entry)})")
 
 
@@ -73,23 +57,23 @@ def _submit(areas: SwapAreas, op: ReqOp, pages: list[tuple[SwapEntry, int]], log
     """Submit the runs of one batch; the entries of the runs that failed."""
     failed: list[SwapEntry] = []
     events["pswpout" if op == ReqOp.WRITE else "pswpin"] += len(pages)
-    by_area: dict[int, list[list[tuple[SwapEntry, int]]]] = {}
+    by_area: dict[int, list[tuple[list[SwapEntry], list[int]]]] = {}
     for run in _runs(pages):
         by_area.setdefault(swp_type(run[0][0]), []).append(run)
     for runs in by_area.values():
         area = areas.area(runs[0][0][0])
         try:
-            area.bdev.submit([_bio(op, run) for run in runs])
+            area.bdev.submit([_bio(op, *run) for run in runs])
             continue
         except KernelError:
             pass
         # Which run failed: retry them one by one, as each would have been its own bio's completion.
-        for run in runs:
+        for entries, pfns in runs:
             try:
-                area.bdev.submit([_bio(op, run)])
+                area.bdev.submit([_bio(op, entries, pfns)])
             except KernelError:
-                _log_errors(log, "Write" if op == ReqOp.WRITE else "Read", area, run)
-                failed += [entry for entry, _ in run]
+                _log_errors(log, "Write" if op == ReqOp.WRITE else "Read", area, entries)
+                failed += entries
     return failed
 
 
