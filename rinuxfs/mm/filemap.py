@@ -253,8 +253,8 @@ class AddressSpace:
     def _swapin_range(self, first: int, last: int) -> None:
         """_swapin of the pages of first..last that are in swap."""
         if self.nr_swapped:
-            indexes = range(first, last + 1)
-            self._swapin(list(compress(indexes, map(SWP_ENTRY_TAG.__le__, map(self.pages.get, indexes, repeat(0))))))
+            get = self.pages.get
+            self._swapin([i for i in range(first, last + 1) if get(i, 0) >= SWP_ENTRY_TAG])
 
     def _swapin(self, indexes: list[int]) -> None:
         """Bring swapped-out pages back (shmem_swapin_folio): the slots are freed, the charge comes back."""

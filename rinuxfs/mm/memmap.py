@@ -21,10 +21,8 @@ frames, so a large allocation costs a slice assignment per section.
 from __future__ import annotations
 
 import enum
-import operator
 from array import array
 from collections.abc import Iterable
-from itertools import repeat
 
 SECTION_SHIFT = 9
 SECTION_PAGES = 1 << SECTION_SHIFT
@@ -155,14 +153,14 @@ class MemMap:
 
     def owners(self, pfns: list[int]) -> tuple[list[int], list[int]]:
         """(mapping ids, indexes) of the pages; mapping 0 means none. A batch within one section
-        (reclaim's, usually) is read by C-level maps over the section's arrays."""
+        (reclaim's, usually) is read without a section lookup per page."""
         if not pfns:
             return [], []
         sec = pfns[0] >> SECTION_SHIFT
         section = self.sections.get(sec)
         if section is not None and max(pfns) >> SECTION_SHIFT == sec == min(pfns) >> SECTION_SHIFT:
-            slots = list(map(operator.and_, pfns, repeat(_MASK)))
-            return list(map(section.mapping.__getitem__, slots)), list(map(section.index.__getitem__, slots))
+            mapping, index = section.mapping, section.index
+            return [mapping[pfn & _MASK] for pfn in pfns], [index[pfn & _MASK] for pfn in pfns]
         ids, indexes = [], []
         for pfn in pfns:
             section = self.sections.get(pfn >> SECTION_SHIFT)
