@@ -64,10 +64,11 @@ class SwapCache:
                     stalled = time.monotonic() - start
                     mm.on_stall("memory", stalled)
                     mm.on_stall("io", stalled)
-            ra_pfns = fresh[len(wanted):]
             if ahead:
-                self._insert(ahead, ra_pfns)
+                self._insert(ahead, fresh[len(wanted):])
                 mm.events["swap_ra"] += len(ahead)
+            if not cached:  # every page read for the request, in its order
+                return fresh[: len(wanted)]
             by_entry = dict(zip(wanted, fresh[: len(wanted)], strict=True))
         else:
             by_entry = {}
