@@ -595,17 +595,18 @@ class Lruvec:
         """`evict` for a batch of isolated pages, in order: their shadows."""
         isolated, mix = self._isolated, self._probation_evictions
         t = 0 if anon else 1
+        taken = list(map(isolated.pop, keys))
         share = mix[t]
-        age = self.nonresident_age
-        node = self.node
-        shadows = []
-        for key in keys:
-            q, flags = isolated.pop(key)
+        for q, _ in taken:
             share += ((q >= _Q_PROBATION_ANON) - share) * EVICTION_MIX_DECAY
-            shadows.append((((age << NODES_SHIFT | node) << 1 | anon) << 1) | bool(flags & PG_WORKINGSET))
-            age += 1
         mix[t] = share
-        self.nonresident_age = age
+        # pack_shadow of consecutive ages: the packed values step by one age unit, plus each page's
+        # PG_workingset (flag 2) in bit 0.
+        step = 1 << (NODES_SHIFT + 2)
+        first = pack_shadow(self.nonresident_age, self.node, anon, False)
+        shadows = [shadow | (flags & PG_WORKINGSET) >> 1
+                   for shadow, (_, flags) in zip(range(first, first + len(keys) * step, step), taken, strict=True)]
+        self.nonresident_age += len(keys)
         self.events[_PGSTEAL[anon]] += len(keys)
         return shadows
 

@@ -89,7 +89,10 @@ class MemMap:
                 elif section.flags[slot : slot + count].count(0) != count:
                     raise BadPageState(f"BUG: Bad page state: pfn:{_first_set(section, slot, count, sec):#x} "
                                        "allocated while in use")
-                section.flags[slot : slot + count] = array("H", [fill]) * count
+                if count == 1:
+                    section.flags[slot] = fill
+                else:
+                    section.flags[slot : slot + count] = array("H", [fill]) * count
                 section.used += count
 
     def freed(self, runs: Iterable[tuple[int, int]]) -> None:
@@ -101,6 +104,9 @@ class MemMap:
                 section.used -= count
                 if not section.used:
                     del self.sections[sec]
+                    continue
+                if count == 1:  # a lone frame (reclaim frees scattered ones): no arrays built for it
+                    section.flags[slot] = section.mapping[slot] = section.memcg[slot] = 0
                     continue
                 section.flags[slot : slot + count] = array("H", bytes(2 * count))
                 section.mapping[slot : slot + count] = array("I", bytes(4 * count))
