@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from rinuxfs.kernel import Kernel
 
 INT_MAX = (1 << 31) - 1
+UINT_MAX = (1 << 32) - 1
 ULONG_MAX = (1 << 64) - 1
 # --- buddyinfo, pagetypeinfo ---------------------------------------------------------------
 
@@ -103,12 +104,15 @@ def render_zoneinfo(mm: MemoryManager, online_cpus: list[int]) -> str:
     return "".join(out)
 
 
-def _set_pair(t: object, field: str, other: str, value: int, minimum: int) -> None:
-    """dirty_bytes and friends: a value below the minimum is EINVAL; a non-zero value clears the ratio."""
-    if value and value < minimum:
-        raise KernelError(errno.EINVAL, f"{field} must be at least {minimum}")
+def _set_pair(t: object, field: str, other: str, value: int, *, only_if_changed: bool = False) -> None:
+    """A _ratio and its _bytes (or _kbytes) partner are one setting in two units: a write to either
+    clears the other (dirty_ratio_handler and dirty_bytes_handler only when the value changed).
+    A byte count of more than UINT_MAX pages is ERANGE, as the dirty limits are kept in 32 bits."""
+    if field.endswith("_bytes") and -(-value // 4096) > UINT_MAX:
+        raise KernelError(errno.ERANGE, f"{field}: more than {UINT_MAX} pages")
+    changed = getattr(t, field) != value
     setattr(t, field, value)
-    if value and other != "overcommit_ratio":
+    if changed or not only_if_changed:
         setattr(t, other, 0)
 
 
@@ -285,11 +289,8 @@ def build_proc_sys_vm(vm: GenDir, k: Kernel) -> None:
     for name, attr, lo, hi in (
         ("swappiness", "swappiness", 0, 200),
         ("page-cluster", "page_cluster", 0, 31),
-        ("dirty_ratio", "dirty_ratio", 0, 100),
-        ("dirty_background_ratio", "dirty_background_ratio", 0, 100),
         ("dirty_expire_centisecs", "dirty_expire_centisecs", 0, INT_MAX),
         ("overcommit_memory", "overcommit_memory", 0, 2),
-        ("overcommit_ratio", "overcommit_ratio", 0, INT_MAX),
         ("panic_on_oom", "panic_on_oom", 0, 2),
         ("oom_kill_allocating_task", "oom_kill_allocating_task", -INT_MAX - 1, INT_MAX),
         ("oom_dump_tasks", "oom_dump_tasks", -INT_MAX - 1, INT_MAX),
@@ -302,14 +303,18 @@ def build_proc_sys_vm(vm: GenDir, k: Kernel) -> None:
 
     _int_sysctl(vm, "dirty_writeback_centisecs", lambda: t.dirty_writeback_centisecs, set_dirty_writeback,
                 0, INT_MAX)
-    # A non-zero _bytes value clears its _ratio (overcommit_kbytes excepted); a _ratio write leaves _bytes
-    # as it is.
-    _int_sysctl(vm, "dirty_bytes", lambda: t.dirty_bytes, lambda v: _set_pair(t, "dirty_bytes", "dirty_ratio", v,
-                                                                               2 * 4096), 0, ULONG_MAX)
-    _int_sysctl(vm, "dirty_background_bytes", lambda: t.dirty_background_bytes,
-                lambda v: _set_pair(t, "dirty_background_bytes", "dirty_background_ratio", v, 1), 0, ULONG_MAX)
-    _int_sysctl(vm, "overcommit_kbytes", lambda: t.overcommit_kbytes,
-                lambda v: _set_pair(t, "overcommit_kbytes", "overcommit_ratio", v, 0), 0, ULONG_MAX)
+    # The ratio/bytes pairs (page-writeback.c, util.c): minimums as Linux's tables (dirty_bytes_min
+    # is two pages), each write clearing the partner.
+    for field, other, lo, hi, only_if_changed in (
+        ("dirty_ratio", "dirty_bytes", 0, 100, True),
+        ("dirty_bytes", "dirty_ratio", 2 * 4096, ULONG_MAX, True),
+        ("dirty_background_ratio", "dirty_background_bytes", 0, 100, False),
+        ("dirty_background_bytes", "dirty_background_ratio", 1, ULONG_MAX, False),
+        ("overcommit_ratio", "overcommit_kbytes", 0, INT_MAX, False),
+        ("overcommit_kbytes", "overcommit_ratio", 0, ULONG_MAX, False),
+    ):
+        _int_sysctl(vm, field, lambda f=field: getattr(t, f),
+                    lambda v, f=field, o=other, c=only_if_changed: _set_pair(t, f, o, v, only_if_changed=c), lo, hi)
 
     def drop_caches(text: str) -> None:
         mode = parse_ints(text, 1, 1, 4)[0]

@@ -231,6 +231,8 @@ def test_dirty_pages_reach_the_image_on_their_deadline(own_image: Path, tmp_path
     ("dirty_background_ratio", "x", errno.EINVAL), ("overcommit_memory", "3", errno.EINVAL),
     ("page-cluster", "32", errno.EINVAL), ("panic_on_oom", "3", errno.EINVAL), ("dirty_bytes", "1", errno.EINVAL),
     ("dirty_expire_centisecs", "-5", errno.EINVAL), ("overcommit_ratio", "-1", errno.EINVAL),
+    ("dirty_bytes", "0", errno.EINVAL), ("dirty_background_bytes", "0", errno.EINVAL),
+    ("dirty_bytes", str(1 << 46), errno.ERANGE), ("dirty_background_bytes", str((1 << 44) + 1), errno.ERANGE),
 ])
 def test_vm_tunables_reject_what_linux_rejects(swapped: tuple[Mounted, bytes, Path], name: str, value: str,
                                                err: int) -> None:
@@ -258,10 +260,21 @@ def test_tunables_take_effect(swapped: tuple[Mounted, bytes, Path]) -> None:
         (vm / "dirty_bytes").write_text(f"{4 * MIB}\n")
         assert (vm / "dirty_ratio").read_text() == "0\n"
         assert vmstat(m.path)["nr_dirty_threshold"] == 1024
+        # Each of a pair clears the other (page-writeback.c, util.c).
+        (vm / "dirty_ratio").write_text("20\n")
+        assert (vm / "dirty_bytes").read_text() == "0\n"
+        (vm / "dirty_background_bytes").write_text(f"{MIB}\n")
+        assert (vm / "dirty_background_ratio").read_text() == "0\n"
+        (vm / "dirty_background_ratio").write_text("10\n")
+        assert (vm / "dirty_background_bytes").read_text() == "0\n"
+        (vm / "overcommit_kbytes").write_text("1024\n")
+        assert (vm / "overcommit_ratio").read_text() == "0\n"
+        assert meminfo(m.path)["CommitLimit"] == 1024 + info["SwapTotal"]
     finally:
         (vm / "overcommit_ratio").write_text("50\n")
         (vm / "dirty_ratio").write_text("20\n")
-        (vm / "dirty_bytes").write_text("0\n")
+        (vm / "dirty_background_ratio").write_text("10\n")
+    assert (vm / "overcommit_kbytes").read_text() == "0\n"
 
 
 @pytest.mark.parametrize(("damage", "message"), [
