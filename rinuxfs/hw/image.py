@@ -15,16 +15,10 @@ print one clear line.
   fails (the controller reports a media error) and so does a write there,
   rather than growing the file back; if it grows, nothing changes until a
   rescan of the controller calls `refresh_size()`.
-- Reads that follow each other (a sequential stream: a partition read, swap-in of a file
-  swapped out in order) ask the host to read ahead (POSIX_FADV_WILLNEED) up to HOST_READAHEAD
-  bytes past them, so the host's disk works while the simulated machine computes; the host's
-  own readahead (128 KiB here) leaves a cold stream waiting on every request. Other reads ask
-  for nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
@@ -35,7 +29,6 @@ from rinuxfs.errors import KernelError
 from rinuxfs.hw.image_lock import lock_image
 
 _WRITE_PROTECTED = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ETXTBSY)
-HOST_READAHEAD = 8 << 20
 
 
 class DiskImage:
@@ -57,8 +50,6 @@ class DiskImage:
             raise KernelError(errno.EINVAL, f"{self.path}: is {kind}, not a disk image (a regular file or a block"
                                             " device)")
         self.fd = self._open()
-        self._stream_end = -1  # where the last read ended: a read starting there continues a stream
-        self._advised_to = 0  # how far the stream's host readahead was asked for
         try:
             st = os.fstat(self.fd)
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
@@ -105,11 +96,6 @@ class DiskImage:
     def read_into(self, offset: int, buffers: list[memoryview]) -> None:
         """Fill `buffers` (DMA targets in RAM) from `offset` with one preadv; zeros past the end of the file."""
         want = sum(map(len, buffers))
-        if offset == self._stream_end:
-            self._read_ahead(offset + want)
-        else:
-            self._advised_to = 0  # not the stream: whatever was advised belongs to another place
-        self._stream_end = offset + want
         got = os.preadv(self.fd, buffers, offset)
         if got < want:
             if offset + got < self.size:  # the file ended early: it was truncated under us
@@ -123,15 +109,6 @@ class DiskImage:
                     continue
                 b[skip:] = bytes(len(b) - skip)
                 skip = 0
-
-    def _read_ahead(self, end: int) -> None:
-        """A stream reached `end`: once less than half the window is left advised, advise the next half."""
-        if self._advised_to - end >= HOST_READAHEAD // 2:
-            return
-        start = max(end, self._advised_to)
-        self._advised_to = end + HOST_READAHEAD
-        with contextlib.suppress(OSError):  # advice only: a medium that takes none reads as before
-            os.posix_fadvise(self.fd, start, self._advised_to - start, os.POSIX_FADV_WILLNEED)
 
     def write_from(self, offset: int, buffers: list[memoryview]) -> None:
         """Write `buffers` (DMA sources in RAM) at `offset` with one pwritev."""
