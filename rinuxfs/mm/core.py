@@ -162,7 +162,7 @@ class MemoryManager:
                         for node in self.allocator.nodes]
         self.reclaimer = Reclaimer(self)
         self.page_reporting = PageReporting(lambda pfn: self.allocator.zone_of(pfn).buddy.pageblock_free(pfn),
-                                            self.ram.discard)
+                                            self.ram.discard, lambda: self.allocator.nr_free_pages)
         self.swap = SwapAreas()
         self.charges = Charges(self.memmap)
         # What to do when reclaim cannot make room: set by the kernel (the OOM killer); None means ENOMEM.

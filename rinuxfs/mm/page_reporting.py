@@ -6,14 +6,18 @@ hands a guest's free pages to its hypervisor. Linux reports only blocks of
 pageblock order or more (PAGE_REPORTING_MIN_ORDER), and only once they have
 stayed free for PAGE_REPORTING_DELAY (2 s) after the free that woke it: memory
 freed and allocated again at once (a file deleted and written anew) keeps its
-host pages, and the host is not asked twice for the same 2 MiB.
+host pages, and the host is not asked twice for the same 2 MiB. A pass reports
+at most a sixteenth of the free pageblocks, in batches of PAGE_REPORTING_CAPACITY
+(page_reporting_cycle's budget), the highest first (allocation takes the lowest
+blocks first); what is left waits for the next pass, 2 s later.
 
 Contract:
 - `notify(runs)` records the freed blocks [(pfn, nr_pages)] of pageblock
   order or more; the reporter later hands back the pageblocks among them that
   are still free, in runs, one madvise per run.
 - `run()` is the reporter, a task of the kernel's nursery. Until it runs (unit
-  tests, boot), `notify` reports at once, so nothing is kept from the host.
+  tests, boot), `notify` reports at once, so nothing is kept from the host; when
+  it stops (shutdown), everything pending is reported.
 - Cost follows use: pending work is one set entry per freed pageblock.
 """
 
@@ -27,12 +31,15 @@ from rinuxfs.mm.buddy import PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER
 from rinuxfs.mm.page_alloc import to_runs
 
 PAGE_REPORTING_DELAY = 2.0  # seconds (2 * HZ)
+PAGE_REPORTING_CAPACITY = 32  # blocks per batch handed to the host
 
 
 class PageReporting:
-    def __init__(self, still_free: Callable[[int], bool], discard: Callable[[int, int], None]) -> None:
+    def __init__(self, still_free: Callable[[int], bool], discard: Callable[[int, int], None],
+                 nr_free_pages: Callable[[], int] = lambda: 0) -> None:
         self._still_free = still_free  # whether the pageblock at a PFN is free, whole
         self._discard = discard  # hands frames (pfn, count) back to the host
+        self._nr_free_pages = nr_free_pages
         self._pending: set[int] = set()  # pageblock numbers freed since the last report
         self._wakeup: trio.Event | None = None
         self.running = False
@@ -50,10 +57,14 @@ class PageReporting:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    def report(self) -> int:
-        """Hand the pending pageblocks that are still free back to the host; the frames handed back."""
-        runs = to_runs(b for b in self._pending if self._still_free(b << PAGEBLOCK_ORDER))
-        self._pending.clear()
+    def report(self, everything: bool = False) -> int:
+        """Hand pending pageblocks that are still free back to the host, up to a pass's budget (or
+        all of them); the frames handed back."""
+        free = sorted((b for b in self._pending if self._still_free(b << PAGEBLOCK_ORDER)), reverse=True)
+        batches = -(-(self._nr_free_pages() >> PAGEBLOCK_ORDER) // (PAGE_REPORTING_CAPACITY * 16))
+        budget = len(free) if everything else max(1, batches) * PAGE_REPORTING_CAPACITY
+        self._pending = set(free[budget:])  # the blocks no longer free are someone's again: forgotten
+        runs = to_runs(free[:budget])
         done = 0
         for first, n in runs:  # runs of consecutive pageblocks
             self._discard(first << PAGEBLOCK_ORDER, n * PAGEBLOCK_NR_PAGES)
@@ -71,4 +82,4 @@ class PageReporting:
                 self.report()
         finally:
             self.running = False
-            self.report()  # at shutdown: whatever is free goes back now
+            self.report(everything=True)  # at shutdown: whatever is free goes back now

@@ -388,3 +388,25 @@ def test_free_page_reporting_hands_back_only_what_stayed_free() -> None:
     mm.free_block(again, 10)
     reporting.report()
     assert handed == [(again, 1024)]
+
+
+def test_free_page_reporting_reports_a_budget_per_pass_highest_first() -> None:
+    mm = MemoryManager(256 << 20, 1)
+    handed: list[tuple[int, int]] = []
+    reporting = mm.page_reporting
+    reporting._discard = lambda pfn, n: handed.append((pfn, n))
+    reporting.running = True
+    blocks = [mm.alloc_block(9) for _ in range(100)]
+    assert all(b is not None for b in blocks)
+    for b in blocks:
+        mm.free_block(b, 9)  # type: ignore[arg-type]
+    free_blocks = mm.allocator.nr_free_pages >> 9
+    budget = -(-free_blocks // (32 * 16)) * 32
+    assert budget < 100
+    assert reporting.report() == budget * 512
+    first = sorted(pfn for pfn, n in handed for pfn in range(pfn, pfn + n, 512))
+    assert min(first) > max(sorted(blocks)[: 100 - budget]), "the highest blocks go first"  # type: ignore[type-var]
+    while reporting.report():
+        pass
+    assert sum(n for _, n in handed) == 100 * 512  # every block once, over several passes
+    assert reporting.report(everything=True) == 0
