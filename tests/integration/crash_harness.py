@@ -38,6 +38,9 @@ PART_SIZE = 24 * MIB
 IMAGE_SIZE = 32 * MIB
 SCRIPT = layout("crash")  # p1: 24 MiB at 1 MiB
 DEAD = (errno.ENOTCONN, errno.ECONNABORTED)
+# A request the daemon was reading from /dev/fuse when SIGKILL hit fails with EIO (fuse_dev_do_read:
+# the copy to the dying reader fails): a sign of the kill too, once it was sent.
+DEAD_AFTER_KILL = (*DEAD, errno.EIO)
 
 
 @dataclass
@@ -88,7 +91,7 @@ class Round:
     bad: list[str] = field(default_factory=list)
 
 
-def _write_stream(dev: Path, model: Model, rng: random.Random, r: Round) -> None:
+def _write_stream(dev: Path, model: Model, rng: random.Random, r: Round, killed: threading.Event) -> None:
     """Write until the mount dies under us; the model learns only what a returned call guarantees."""
     fds: list[int] = []
     buf = mmap.mmap(-1, 256 * 1024)  # O_DIRECT wants an aligned buffer
@@ -119,7 +122,7 @@ def _write_stream(dev: Path, model: Model, rng: random.Random, r: Round) -> None
             op = "between operations"
         raise AssertionError("the daemon was never killed")
     except OSError as e:
-        if e.errno not in DEAD:
+        if e.errno not in (DEAD_AFTER_KILL if killed.is_set() else DEAD):
             raise
         r.killed_in = op
     finally:
@@ -137,9 +140,15 @@ def run_round(image: Path, mountpoint: Path, model: Model, outside: tuple[bytes,
     timer: threading.Timer | None = None
     try:
         assert pid is not None, f"no daemon on record for {mountpoint}"
-        timer = threading.Timer(r.delay, os.kill, (pid, signal.SIGKILL))
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            os.kill(pid, signal.SIGKILL)
+
+        timer = threading.Timer(r.delay, kill)
         timer.start()
-        _write_stream(mountpoint / "dev" / disk, model, rng, r)
+        _write_stream(mountpoint / "dev" / disk, model, rng, r, killed)
     finally:
         if timer is not None:
             timer.cancel()
