@@ -308,7 +308,7 @@ class BlockDeviceMapping:
 
     def pageout(self, pages: list[tuple[int, int]], plug: object = None) -> list[bool]:
         """Which of these pages can go: clean ones at once, dirty ones once written (pageout)."""
-        live = [(i, pfn) for i, pfn in pages if self.pages.get(i) == pfn and not self.locks.locked(i)]
+        live = self.locks.unlocked([(i, pfn) for i, pfn in pages if self.pages.get(i) == pfn])
         dirty = [i for i, _ in live if i in self.dirty]
         if dirty:
             try:

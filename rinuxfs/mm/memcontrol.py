@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from itertools import repeat
 
 from rinuxfs.mm.memmap import MemMap
+from rinuxfs.mm.swapfile import SwapEntry
 
 
 class Charges:
@@ -25,7 +26,7 @@ class Charges:
         self.memmap = memmap
         self.rss_shmem: Counter[int] = Counter()
         self.swapents: Counter[int] = Counter()
-        self.slots: dict[object, int] = {}  # swap entry -> pid charged for it
+        self.slots: dict[SwapEntry, int] = {}  # swap entry -> pid charged for it
 
     def charge(self, pid: int, pfns: list[int]) -> None:
         if pfns:
@@ -36,7 +37,7 @@ class Charges:
         for pid, n in Counter(self.memmap.memcg(pfns)).items():
             self._drop(self.rss_shmem, pid, n)
 
-    def to_swap(self, pfns: list[int], slots: list[object]) -> None:
+    def to_swap(self, pfns: list[int], slots: list[SwapEntry]) -> None:
         owners = self.memmap.memcg(pfns)
         counts = Counter(owners)
         if len(counts) == 1:  # the usual batch: one owner's pages
@@ -47,7 +48,7 @@ class Charges:
             self._drop(self.rss_shmem, pid, n)
             self.swapents[pid] += n
 
-    def from_swap(self, slots: Sequence[object], pfns: list[int]) -> None:
+    def from_swap(self, slots: Sequence[SwapEntry], pfns: list[int]) -> None:
         if not slots:
             return
         owners = list(map(self.slots.pop, slots, repeat(0, len(slots))))
@@ -63,7 +64,7 @@ class Charges:
             self._drop(self.swapents, pid, len(group))
             self.rss_shmem[pid] += len(group)
 
-    def uncharge_swap(self, slots: Sequence[object]) -> None:
+    def uncharge_swap(self, slots: Sequence[SwapEntry]) -> None:
         for pid, n in Counter(self.slots.pop(slot, 0) for slot in slots).items():
             self._drop(self.swapents, pid, n)
 

@@ -339,6 +339,16 @@ def test_tmpfs_huge_pages_come_and_split(own_image: Path, tmp_path: Path) -> Non
         assert f.read_bytes() == data[: 3 * MIB]
 
 
+def _write_past_ram(m: Mounted) -> tuple[Path, list[bytes]]:
+    """160 MiB of random blocks into tmp/out of a 64 MiB machine: its start goes to swap first."""
+    path = m.path / "tmp" / "out"
+    blocks = [os.urandom(MIB) for _ in range(160)]
+    with open(path, "wb") as f:
+        for block in blocks:
+            f.write(block)
+    return path, blocks
+
+
 def _fail_swap_bios(m: Mounted, on: bool) -> None:
     """fail_make_request on the swap partition: every bio to it fails with EIO (should_fail_bio)."""
     (m.path / "sys/block/nvme0n1/nvme0n1p1/make-it-fail").write_text("1\n" if on else "0\n")
@@ -380,11 +390,7 @@ except OSError as e:
 
 def test_a_failed_swap_in_fails_that_read_only(own_image: Path, tmp_path: Path) -> None:
     with mount(own_image, tmp_path / "mnt", "--mem", MEM, "--tmpfs-size", "512M") as m:
-        path = m.path / "tmp" / "out"
-        blocks = [os.urandom(MIB) for _ in range(160)]
-        with open(path, "wb") as f:
-            for block in blocks:
-                f.write(block)
+        path, blocks = _write_past_ram(m)
         assert vmstat(m.path)["pswpout"] > 0
         _fail_swap_bios(m, True)
         with open(path, "rb", buffering=0) as f:
@@ -416,11 +422,7 @@ def test_swap_readahead_reads_the_page_cluster_window(own_image: Path, tmp_path:
     window into the swap cache (swap_ra, SwapCached); reading their pages then costs no I/O
     (swap_ra_hit); with page-cluster 0 only the page asked for is read."""
     with mount(own_image, tmp_path / "mnt", "--mem", MEM, "--tmpfs-size", "512M") as m:
-        path = m.path / "tmp" / "out"
-        blocks = [os.urandom(MIB) for _ in range(160)]
-        with open(path, "wb") as f:
-            for block in blocks:
-                f.write(block)
+        path, blocks = _write_past_ram(m)
         vm = m.path / "proc" / "sys" / "vm"
         assert (vm / "page-cluster").read_text() == "3\n"
         page = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT wants: every pread reaches the daemon
