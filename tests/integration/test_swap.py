@@ -38,6 +38,22 @@ def region(image: Path, start_sector: int, sectors: int) -> bytes:
         return f.read(sectors * SECTOR)
 
 
+def settle(mnt: Path, timeout: float = 20.0) -> None:
+    """Wait until kswapd and the swap I/O are idle, so that two views read one after the other see the same
+    instant: each view is consistent when read, but kswapd may still be reclaiming to the high watermark
+    after the writer stopped, and two files cannot be read atomically."""
+    keys = ("pswpin", "pswpout", "pgscan_kswapd", "pgscan_direct", "pgfree")
+    last = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = tuple(vmstat(mnt)[k] for k in keys)
+        if now == last:
+            return
+        last = now
+        time.sleep(0.3)
+    raise AssertionError(f"the machine never settled: {dict(zip(keys, last or (), strict=False))}")
+
+
 def tagged_pages(n: int, salt: bytes) -> Iterator[bytes]:
     """n pages of random bytes, each starting with a tag naming it, so it can be found in the image."""
     for i in range(n):
@@ -82,6 +98,7 @@ def swapped(swap_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def test_swap_partition_is_activated_at_boot(swapped: tuple[Mounted, bytes, Path]) -> None:
     m, _, _ = swapped
+    settle(m.path)
     lines = (m.path / "proc" / "swaps").read_text().splitlines()
     assert lines[0] == "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority"
     match = re.fullmatch(r"/dev/nvme0n1p1 +partition\t(\d+)\t\t?(\d+)\t\t?(-?\d+)", lines[1])
@@ -136,6 +153,7 @@ def test_the_daemon_stays_within_mem_plus_100m(swapped: tuple[Mounted, bytes, Pa
 
 def test_views_agree_while_swapping(swapped: tuple[Mounted, bytes, Path]) -> None:
     m, _, path = swapped
+    settle(m.path)
     info = meminfo(m.path)
     swaps = (m.path / "proc" / "swaps").read_text().splitlines()[1].split()
     assert int(swaps[3]) == info["SwapTotal"] - info["SwapFree"]
