@@ -202,15 +202,18 @@ class MemoryManager:
 
     def alloc_pages(self, count: int, mt: int = MIGRATE_MOVABLE) -> list[int]:
         """`count` order-0 frames, from the preferred node down its zonelist; ENOMEM when nothing can help."""
+        return runs_to_pfns(self.alloc_page_runs(count, mt))
+
+    def alloc_page_runs(self, count: int, mt: int = MIGRATE_MOVABLE) -> list[tuple[int, int]]:
+        """alloc_pages, the frames given as runs (first PFN, count) of consecutive frames."""
         if count <= 0:
             return []
         if self.should_fail_alloc_page is not None and self.should_fail_alloc_page(0, count):
             raise KernelError(errno.ENOMEM, f"page allocation failure: order:0, {count} pages (fail_page_alloc)")
         runs = self._alloc_runs(count, mt)
         self.memmap.allocated(runs)
-        pfns = runs_to_pfns(runs)
         self._wake_kswapd_if_low()
-        return pfns
+        return runs
 
     def _wake_kswapd_if_low(self) -> None:
         for node in self.allocator.nodes:

@@ -37,7 +37,7 @@ from typing import Protocol
 from rinuxfs.errors import KernelError
 from rinuxfs.hw.ram import PAGE_SHIFT, PAGE_SIZE
 from rinuxfs.mm.core import MemoryManager
-from rinuxfs.mm.page_alloc import WMARK_LOW
+from rinuxfs.mm.page_alloc import WMARK_LOW, runs_to_pfns
 from rinuxfs.mm.pagelock import PageLocks
 from rinuxfs.mm.swapfile import SWP_ENTRY_TAG, SwapEntry, is_swap_entry
 from rinuxfs.mm.vmscan import SwapPlug
@@ -103,11 +103,24 @@ class AddressSpace:
         end = offset + length
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         with self.locks.hold(first, last):
-            hits = self._resident(first, last)  # pages brought in now had their access when added
-            self._make_present(first, last, offset, end, max(i_size, end))
+            # The pages' state is read once for the request: each later step works on that list.
+            found = list(map(self.pages.get, range(first, last + 1)))
+            holes = found.count(None)
+            if self.nr_swapped and any(pfn is not None and pfn >= SWP_ENTRY_TAG for pfn in found):
+                hits = self._resident(first, last)  # pages brought in now had their access when added
+                self._make_present(first, last, offset, end, max(i_size, end))
+                found = list(map(self.pages.get, range(first, last + 1)))
+            elif holes:
+                hits = [pfn for pfn in found if pfn is not None] if holes < len(found) else []
+                missing = list(range(first, last + 1)) if not hits else \
+                    [i for i, pfn in zip(range(first, last + 1), found, strict=True) if pfn is None]
+                self._fill(missing, offset, end, max(i_size, end))
+                found = list(map(self.pages.get, range(first, last + 1)))
+            else:
+                hits = found
             ram = self.mm.ram.view
             pos, done = offset, 0
-            for index, pfn, count in self._runs(first, last):
+            for index, pfn, count in self._runs(first, found):
                 chunk = min(end, (index + count) << PAGE_SHIFT) - pos
                 phys = (pfn << PAGE_SHIFT) + (pos - (index << PAGE_SHIFT))  # type: ignore[operator]
                 ram[phys : phys + chunk] = src[done : done + chunk]
@@ -134,7 +147,7 @@ class AddressSpace:
             ram = self.mm.ram.view
             parts: list[bytes | memoryview] = []
             pos = offset
-            for index, pfn, count in self._runs(first, last):
+            for index, pfn, count in self._runs(first, list(map(self.pages.get, range(first, last + 1)))):
                 chunk = min(end, (index + count) << PAGE_SHIFT) - pos
                 if pfn is None:
                     parts.append(bytes(chunk))
@@ -152,12 +165,15 @@ class AddressSpace:
         """Every page of first..last in a frame: swapped-out ones read back, holes allocated."""
         self._swapin_range(first, last)
         if None in map(self.pages.get, range(first, last + 1)):
-            missing = [i for i in range(first, last + 1) if i not in self.pages]
-            policy = self.huge_policy()
-            if policy in ("always", "within_size"):
-                missing = self._populate_huge(missing, policy, i_size)
-            if missing:
-                self._populate(missing, offset, end)
+            self._fill([i for i in range(first, last + 1) if i not in self.pages], offset, end, i_size)
+
+    def _fill(self, missing: list[int], offset: int, end: int, i_size: int) -> None:
+        """Frames for the holes `missing` of a write to offset..end: 2 MiB folios where huge= asks, pages."""
+        policy = self.huge_policy()
+        if policy in ("always", "within_size"):
+            missing = self._populate_huge(missing, policy, i_size)
+        if missing:
+            self._populate(missing, offset, end)
 
     def _populate_huge(self, missing: list[int], policy: str, i_size: int) -> list[int]:
         """2 MiB folios for the aligned blocks a write reaches that hold nothing yet (shmem_alloc_and_add_folio
@@ -206,14 +222,14 @@ class AddressSpace:
             self.mm.account_run(("nr_shmem_hugepages",), pfn, HPAGE_PMD_NR, -1)
         self.mm.events["thp_split_page"] += 1
 
-    def _runs(self, first: int, last: int) -> list[tuple[int, int | None, int]]:
-        """Pages first..last as runs (first index, first PFN or None for a hole, count) of consecutive frames.
+    def _runs(self, first: int, pfns: list[int | None]) -> list[tuple[int, int | None, int]]:
+        """Pages first.. (their frames `pfns`, None for a hole) as runs (first index, first PFN or None
+        for a hole, count) of consecutive frames.
 
         The common case, one run of consecutive frames, is recognised by list
         comparisons that run in C: a per-page Python loop would cost more than
         the copy of the data itself.
         """
-        pfns = list(map(self.pages.get, range(first, last + 1)))
         n = len(pfns)
         head = pfns[0]
         if head is not None and pfns[-1] == head + n - 1 and pfns == list(range(head, head + n)):
@@ -225,29 +241,38 @@ class AddressSpace:
                 prev, cur = pfns[k - 1], pfns[k]
                 if (prev is None and cur is None) or (prev is not None and cur == prev + 1):
                     continue
-            runs.append((first + start, pfns[start], k - start))  # type: ignore[arg-type]
+            runs.append((first + start, pfns[start], k - start))
             start = k
         return runs
 
     def _populate(self, indexes: list[int], offset: int, end: int) -> None:
+        """Small pages for the holes `indexes` (ascending) of a write to offset..end."""
         mm = self.mm
-        self.quota.charge(len(indexes))
+        n = len(indexes)
+        self.quota.charge(n)
         try:
-            pfns = mm.alloc_pages(len(indexes))
+            runs = mm.alloc_page_runs(n)
         except BaseException:
-            self.quota.uncharge(len(indexes))
+            self.quota.uncharge(n)
             raise
+        pfns = runs_to_pfns(runs)
+        self.pages.update(zip(indexes, pfns, strict=True))
+        # A new page the write covers only in part must not show a freed frame's stale bytes (the
+        # write's first and last pages: if new, they are the first and last of `indexes`).
         ram = mm.ram.view
-        first_partial = offset >> PAGE_SHIFT if offset & _PAGE_MASK else -1
-        last_partial = (end - 1) >> PAGE_SHIFT if end & _PAGE_MASK else -1
-        for index, pfn in zip(indexes, pfns, strict=True):
-            self.pages[index] = pfn
-            # A new page the write covers only in part must not show a freed frame's stale bytes.
-            if index == first_partial or index == last_partial:
+        for k, partial in ((0, offset >> PAGE_SHIFT if offset & _PAGE_MASK else -1),
+                           (-1, (end - 1) >> PAGE_SHIFT if end & _PAGE_MASK else -1)):
+            if indexes[k] == partial:
+                pfn = pfns[k]
                 ram[pfn << PAGE_SHIFT : (pfn + 1) << PAGE_SHIFT] = _ZERO_PAGE
         mm.account(self.account_items, pfns)
-        mm.memmap.set_owner(pfns, self.mapping_id, indexes)
-        mm.charges.charge(mm.current_pid(), pfns)
+        if len(runs) == 1 and indexes[-1] - indexes[0] == n - 1:
+            # A stream's request: consecutive pages in consecutive frames, recorded as slices.
+            mm.memmap.set_owner_run(runs[0][0], n, self.mapping_id, indexes[0])
+            mm.charges.charge_run(mm.current_pid(), runs[0][0], n)
+        else:
+            mm.memmap.set_owner(pfns, self.mapping_id, indexes)
+            mm.charges.charge(mm.current_pid(), pfns)
         mm.lru_add(pfns, anon=True)
 
     def _swapin_range(self, first: int, last: int) -> None:

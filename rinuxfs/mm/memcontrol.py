@@ -33,6 +33,11 @@ class Charges:
             self.memmap.set_memcg(pfns, pid)
             self.rss_shmem[pid] += len(pfns)
 
+    def charge_run(self, pid: int, pfn: int, count: int) -> None:
+        """charge for `count` consecutive frames from `pfn`."""
+        self.memmap.set_memcg_run(pfn, count, pid)
+        self.rss_shmem[pid] += count
+
     def uncharge(self, pfns: list[int]) -> None:
         for pid, n in Counter(self.memmap.memcg(pfns)).items():
             self._drop(self.rss_shmem, pid, n)

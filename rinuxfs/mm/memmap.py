@@ -55,6 +55,10 @@ class BadPageState(Exception):
 
 
 class _Section:
+    """The struct pages of one section. `index` holds page->index less the frame's number: a run of
+    frames holding consecutive pages of a file (what a stream allocates) is one repeated value,
+    written as a slice without a Python int per page."""
+
     __slots__ = ("flags", "mapping", "index", "memcg", "used")
 
     def __init__(self) -> None:
@@ -125,27 +129,34 @@ class MemMap:
         p0, i0 = pfns[0], indexes[0]
         if pfns[-1] == p0 + n - 1 and indexes[-1] == i0 + n - 1 and pfns == list(range(p0, p0 + n)) \
                 and indexes == list(range(i0, i0 + n)):
-            done = 0
-            for sec, slot, count in _pieces(p0, n):
-                section = self.sections[sec]
-                section.mapping[slot : slot + count] = array("I", [mapping]) * count
-                section.index[slot : slot + count] = array("q", range(i0 + done, i0 + done + count))
-                done += count
+            self.set_owner_run(p0, n, mapping, i0)
             return
         for pfn, index in zip(pfns, indexes, strict=True):
             section = self.sections[pfn >> SECTION_SHIFT]
             section.mapping[pfn & _MASK] = mapping
-            section.index[pfn & _MASK] = index
+            section.index[pfn & _MASK] = index - pfn
+
+    def set_owner_run(self, pfn: int, count: int, mapping: int, index: int) -> None:
+        """set_owner for `count` frames from `pfn` that hold the pages from `index` on, in step."""
+        fill = array("I", [mapping])
+        step = array("q", [index - pfn])  # the same for every page of the run: see _Section
+        for sec, slot, n in _pieces(pfn, count):
+            section = self.sections[sec]
+            section.mapping[slot : slot + n] = fill * n
+            section.index[slot : slot + n] = step * n
 
     def set_memcg(self, pfns: list[int], charged: int) -> None:
         """Whom a page is charged to (page->memcg_data; here the pid of the task that allocated it)."""
         n = len(pfns)
         if n > 1 and pfns[-1] - pfns[0] == n - 1 and pfns == list(range(pfns[0], pfns[0] + n)):
-            for sec, slot, count in _pieces(pfns[0], n):  # consecutive frames: a slice per section
-                self.sections[sec].memcg[slot : slot + count] = array("I", [charged]) * count
+            self.set_memcg_run(pfns[0], n, charged)
             return
         for pfn in pfns:
             self.sections[pfn >> SECTION_SHIFT].memcg[pfn & _MASK] = charged
+
+    def set_memcg_run(self, pfn: int, count: int, charged: int) -> None:
+        for sec, slot, n in _pieces(pfn, count):  # consecutive frames: a slice per section
+            self.sections[sec].memcg[slot : slot + n] = array("I", [charged]) * n
 
     def memcg(self, pfns: list[int]) -> list[int]:
         sections = self.sections
@@ -166,12 +177,12 @@ class MemMap:
         section = self.sections.get(sec)
         if section is not None and max(pfns) >> SECTION_SHIFT == sec == min(pfns) >> SECTION_SHIFT:
             mapping, index = section.mapping, section.index
-            return [mapping[pfn & _MASK] for pfn in pfns], [index[pfn & _MASK] for pfn in pfns]
+            return [mapping[pfn & _MASK] for pfn in pfns], [index[pfn & _MASK] + pfn for pfn in pfns]
         ids, indexes = [], []
         for pfn in pfns:
             section = self.sections.get(pfn >> SECTION_SHIFT)
             ids.append(0 if section is None else section.mapping[pfn & _MASK])
-            indexes.append(0 if section is None else section.index[pfn & _MASK])
+            indexes.append(0 if section is None else section.index[pfn & _MASK] + pfn)
         return ids, indexes
 
     def nbytes(self) -> int:
