@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import math
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -370,22 +371,31 @@ def _shared_mm() -> MemoryManager:
 def test_free_page_reporting_hands_back_only_what_stayed_free() -> None:
     mm = MemoryManager(64 << 20, 1)
     handed: list[tuple[int, int]] = []
+    clock = [100.0]
     reporting = mm.page_reporting
     reporting._discard = lambda pfn, n: handed.append((pfn, n))  # what would go to madvise
+    reporting._clock = lambda: clock[0]
     reporting.running = True  # as the reporter task does: frees are held for the next report
     a = mm.alloc_block(10)
     b = mm.alloc_block(9)
     assert a is not None and b is not None
     mm.free_block(a, 10)
     mm.free_block(b, 9)
-    assert handed == []
+    assert handed == [] and reporting.next_due() == 102.0
     again = mm.alloc_block(10)  # the hottest block is handed out again before the report
     assert again == a
+    clock[0] = 101.9
+    assert reporting.report() == 0 and handed == [], "nothing has stayed free 2 s yet"
+    clock[0] = 102.0
     reported = reporting.report()
     assert handed and all(pfn >> 9 == b >> 9 for pfn, _ in handed) and reported == 512
     handed.clear()
     assert reporting.report() == 0 and handed == []  # each free is reported once
+    assert reporting.next_due() is None
     mm.free_block(again, 10)
+    clock[0] = 103.0
+    assert reporting.report() == 0, "freed 1 s ago: kept for a rewrite that may come at once"
+    clock[0] = 104.0
     reporting.report()
     assert handed == [(again, 1024)]
 
@@ -403,6 +413,7 @@ def test_free_page_reporting_reports_a_budget_per_pass_highest_first() -> None:
     free_blocks = mm.allocator.nr_free_pages >> 9
     budget = -(-free_blocks // (32 * 16)) * 32
     assert budget < 100
+    reporting._clock = lambda: time.monotonic() + 2.0  # every block has stayed free 2 s
     assert reporting.report() == budget * 512
     first = sorted(pfn for pfn, n in handed for pfn in range(pfn, pfn + n, 512))
     assert min(first) > max(sorted(blocks)[: 100 - budget]), "the highest blocks go first"  # type: ignore[type-var]
