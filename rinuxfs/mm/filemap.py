@@ -107,11 +107,11 @@ class AddressSpace:
             found = list(map(self.pages.get, range(first, last + 1)))
             holes = found.count(None)
             if self.nr_swapped and any(pfn is not None and pfn >= SWP_ENTRY_TAG for pfn in found):
-                hits = self._resident(first, last)  # pages brought in now had their access when added
+                hits = self._resident(found)  # pages brought in now had their access when added
                 self._make_present(first, last, offset, end, max(i_size, end))
                 found = list(map(self.pages.get, range(first, last + 1)))
             elif holes:
-                hits = [pfn for pfn in found if pfn is not None] if holes < len(found) else []
+                hits = self._resident(found) if holes < len(found) else []
                 missing = list(range(first, last + 1)) if not hits else \
                     [i for i, pfn in zip(range(first, last + 1), found, strict=True) if pfn is None]
                 self._fill(missing, offset, end, max(i_size, end))
@@ -129,9 +129,8 @@ class AddressSpace:
             if hits:
                 self.mm.lru_access(hits)
 
-    def _resident(self, first: int, last: int) -> list[int]:
-        """The frames of pages first..last in memory now (what a request finds is a hit)."""
-        found = list(map(self.pages.get, range(first, last + 1)))
+    def _resident(self, found: list[int | None]) -> list[int]:
+        """The frames among a range's `found` entries (what a request finds in memory is a hit)."""
         if not self.nr_swapped:
             return [pfn for pfn in found if pfn is not None]  # type: ignore[misc]
         return [pfn for pfn in found if pfn is not None and pfn < SWP_ENTRY_TAG]
@@ -142,12 +141,15 @@ class AddressSpace:
         end = offset + size
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         with self.locks.hold(first, last):
-            hits = self._resident(first, last)
-            self._swapin_range(first, last)
+            found = list(map(self.pages.get, range(first, last + 1)))
+            hits = self._resident(found)
+            if self.nr_swapped:
+                self._swapin_range(first, last)
+                found = list(map(self.pages.get, range(first, last + 1)))
             ram = self.mm.ram.view
             parts: list[bytes | memoryview] = []
             pos = offset
-            for index, pfn, count in self._runs(first, list(map(self.pages.get, range(first, last + 1)))):
+            for index, pfn, count in self._runs(first, found):
                 chunk = min(end, (index + count) << PAGE_SHIFT) - pos
                 if pfn is None:
                     parts.append(bytes(chunk))

@@ -67,10 +67,10 @@ class PageReporting:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    def report(self, everything: bool = False, now: float | None = None) -> int:
+    def report(self, everything: bool = False) -> int:
         """Hand pending pageblocks that have stayed free 2 s (or all of them) back to the host, up to a
         pass's budget (or all of them); the frames handed back."""
-        due_by = (self._clock() if now is None else now) - PAGE_REPORTING_DELAY
+        due_by = self._clock() - PAGE_REPORTING_DELAY
         still_free = self._still_free
         # The blocks no longer free are someone's again: forgotten.
         pending = {b: t for b, t in self._pending.items() if still_free(b << PAGEBLOCK_ORDER)}
